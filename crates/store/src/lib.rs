@@ -1,1 +1,13 @@
-//! placeholder
+//! botfleet's state, behind traits with a `memory` backend (the embedded default)
+//! and a `redis` backend (production; single node or Redis Cluster).
+//!
+//! - [`redis_pool`]: the pooled Redis connection every Redis backend shares;
+//! - [`conversations`]: conversation references taken from validated activities;
+//! - [`ratelimit`]: Teams rate-limit buckets shared across replicas.
+#![forbid(unsafe_code)]
+
+pub mod conversations;
+pub mod ratelimit;
+pub mod redis_pool;
+
+pub use redis_pool::{RedisConn, RedisPool, RedisPoolError, KEY_SCHEMA};

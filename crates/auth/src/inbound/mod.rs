@@ -1,0 +1,1 @@
+//! Channel -> bot token validation (in progress).

@@ -1,0 +1,1 @@
+//! Bot -> connector tokens (in progress).

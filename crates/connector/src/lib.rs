@@ -1,0 +1,1 @@
+//! Bot Connector client (in progress).

@@ -1,0 +1,1 @@
+//! Conversation references (in progress).

@@ -1,0 +1,1 @@
+//! Rate-limit buckets (in progress).

@@ -1,0 +1,187 @@
+//! One Redis connection pool for a single node or a Redis Cluster.
+//!
+//! Every Redis-backed part of botfleet (conversation references, rate-limit
+//! buckets, the shared token tier) takes a [`RedisPool`] and never cares which of
+//! the two it got: keys are laid out with hash tags so that every multi-key
+//! operation stays in one slot and works the same on both.
+
+use deadpool_redis::{cluster, Runtime};
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use thiserror::Error;
+
+/// Version segment of every key botfleet writes; bumped when a layout changes so
+/// that old and new replicas never read each other's data by accident.
+pub const KEY_SCHEMA: &str = "bf1";
+
+#[derive(Debug, Error)]
+pub enum RedisPoolError {
+    #[error("invalid Redis configuration: {0}")]
+    Config(String),
+    #[error("could not get a Redis connection: {0}")]
+    Pool(String),
+    #[error("Redis command failed: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A pooled Redis: single node (`redis://host:port/db`) or cluster (several seed URLs).
+#[derive(Clone)]
+pub enum RedisPool {
+    Single(deadpool_redis::Pool),
+    Cluster(cluster::Pool),
+}
+
+impl std::fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(_) => f.write_str("RedisPool::Single"),
+            Self::Cluster(_) => f.write_str("RedisPool::Cluster"),
+        }
+    }
+}
+
+impl RedisPool {
+    /// A pool for one node.
+    pub fn single(url: &str, max_size: usize) -> Result<Self, RedisPoolError> {
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        cfg.pool = Some(deadpool_redis::PoolConfig::new(max_size));
+        cfg.create_pool(Some(Runtime::Tokio1))
+            .map(Self::Single)
+            .map_err(|e| RedisPoolError::Config(e.to_string()))
+    }
+
+    /// A pool for a Redis Cluster, given one or more seed node URLs.
+    pub fn cluster(urls: &[String], max_size: usize) -> Result<Self, RedisPoolError> {
+        if urls.is_empty() {
+            return Err(RedisPoolError::Config(
+                "a Redis Cluster needs at least one seed URL".into(),
+            ));
+        }
+        let mut cfg = cluster::Config::from_urls(urls.to_vec());
+        cfg.pool = Some(deadpool_redis::PoolConfig::new(max_size));
+        cfg.create_pool(Some(Runtime::Tokio1))
+            .map(Self::Cluster)
+            .map_err(|e| RedisPoolError::Config(e.to_string()))
+    }
+
+    /// `urls` with one entry: single node; more: cluster seeds. `cluster` forces
+    /// cluster mode with one seed.
+    pub fn connect(
+        urls: &[String],
+        cluster: bool,
+        max_size: usize,
+    ) -> Result<Self, RedisPoolError> {
+        match urls {
+            [] => Err(RedisPoolError::Config("no Redis URL given".into())),
+            [one] if !cluster => Self::single(one, max_size),
+            many => Self::cluster(many, max_size),
+        }
+    }
+
+    pub async fn get(&self) -> Result<RedisConn, RedisPoolError> {
+        match self {
+            Self::Single(p) => p
+                .get()
+                .await
+                .map(RedisConn::Single)
+                .map_err(|e| RedisPoolError::Pool(e.to_string())),
+            Self::Cluster(p) => p
+                .get()
+                .await
+                .map(RedisConn::Cluster)
+                .map_err(|e| RedisPoolError::Pool(e.to_string())),
+        }
+    }
+
+    /// Round trip to Redis, for readiness checks.
+    pub async fn ping(&self) -> Result<(), RedisPoolError> {
+        let mut conn = self.get().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// A connection taken from a [`RedisPool`]; use it with any `redis` command.
+pub enum RedisConn {
+    Single(deadpool_redis::Connection),
+    Cluster(cluster::Connection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Test support: the Redis servers `scripts/test` started.
+///
+/// `BOTFLEET_TEST_REDIS_URL` (single node) and `BOTFLEET_TEST_REDIS_CLUSTER`
+/// (comma-separated seed URLs). Tests that need Redis fail with a message naming
+/// the script when these are missing, rather than silently passing.
+pub mod testing {
+    use super::RedisPool;
+
+    pub fn single_url() -> String {
+        std::env::var("BOTFLEET_TEST_REDIS_URL").unwrap_or_else(|_| {
+            panic!("BOTFLEET_TEST_REDIS_URL is not set: run the tests with scripts/test, which starts Redis")
+        })
+    }
+
+    pub fn cluster_urls() -> Vec<String> {
+        let v = std::env::var("BOTFLEET_TEST_REDIS_CLUSTER").unwrap_or_else(|_| {
+            panic!("BOTFLEET_TEST_REDIS_CLUSTER is not set: run the tests with scripts/test, which starts a Redis Cluster")
+        });
+        v.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    pub fn single() -> RedisPool {
+        RedisPool::single(&single_url(), 16).unwrap_or_else(|e| panic!("test Redis: {e}"))
+    }
+
+    pub fn cluster() -> RedisPool {
+        RedisPool::cluster(&cluster_urls(), 16)
+            .unwrap_or_else(|e| panic!("test Redis Cluster: {e}"))
+    }
+
+    /// A key prefix unique to one test run, so tests sharing a server never collide.
+    pub fn unique_prefix(name: &str) -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!(
+            "t{}-{}-{}-{}",
+            std::process::id(),
+            nanos,
+            N.fetch_add(1, Ordering::Relaxed),
+            name
+        )
+    }
+}
