@@ -1,0 +1,582 @@
+//! The inbound validator: every check of DESIGN.md's inbound flow, in its order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use botfleet_protocol::Activity;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use moka::sync::Cache;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+use super::error::{shown, InboundError};
+use super::keys::{KeyStore, KeyStoreStatus, SigningKey};
+use crate::cloud::Cloud;
+use crate::policy::{ServiceUrlAllowlist, TenantPolicy};
+
+/// Tokens longer than this are refused before any parsing (Bot Framework tokens
+/// are about 1.5 KiB); keeps hostile headers from costing decode work.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Tunables of inbound validation. `Default` gives production values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundConfig {
+    /// Scheduled key refresh. Bot Framework requires at least daily.
+    pub refresh_interval: Duration,
+    /// Least time between two refreshes caused by an unknown `kid`.
+    pub unknown_kid_min_interval: Duration,
+    /// Retry delay of the scheduler after a failed refresh (or before the
+    /// first success).
+    pub retry_interval: Duration,
+    /// Allowed clock skew on `exp` and `nbf` (Bot Framework: 5 minutes).
+    pub clock_skew: Duration,
+    /// Verified tokens kept to skip RSA on reuse; 0 disables the cache.
+    pub cache_capacity: u64,
+    /// Timeout of one metadata or JWKS request.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(6 * 3600),
+            unknown_kid_min_interval: Duration::from_secs(5 * 60),
+            retry_interval: Duration::from_secs(30),
+            clock_skew: Duration::from_secs(5 * 60),
+            cache_capacity: 10_000,
+            fetch_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the validator needs to know about one bot.
+#[derive(Debug, Clone)]
+pub struct BotTrust {
+    /// botfleet's name of the bot (route segment, store key).
+    pub bot_id: String,
+    /// Microsoft App ID: the `aud` of its tokens.
+    pub app_id: String,
+    pub cloud: Arc<Cloud>,
+    pub service_urls: ServiceUrlAllowlist,
+    pub tenants: TenantPolicy,
+}
+
+/// Finds a registered bot by app id (the server's bot registry).
+pub trait BotResolver: Send + Sync {
+    fn by_app_id(&self, app_id: &str) -> Option<Arc<BotTrust>>;
+}
+
+/// An activity that passed every check.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub bot: Arc<BotTrust>,
+    pub tenant_id: Option<String>,
+    /// True when the token came from the verified-token cache (no RSA this time).
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The claims botfleet checks. Numbers as f64 because JWT NumericDate may carry
+/// a fraction.
+#[derive(Debug, Clone, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<Audience>,
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
+    /// Lower case on the wire (BBJS `ServiceUrlClaim = 'serviceurl'`).
+    #[serde(default)]
+    serviceurl: Option<String>,
+}
+
+impl Claims {
+    fn audiences(&self) -> impl Iterator<Item = &str> {
+        let all: &[String] = match &self.aud {
+            None => &[],
+            Some(Audience::One(a)) => std::slice::from_ref(a),
+            Some(Audience::Many(v)) => v,
+        };
+        all.iter().map(String::as_str)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<serde_json::Value>,
+    kid: Option<serde_json::Value>,
+}
+
+struct CachedToken {
+    claims: Claims,
+    store: Arc<KeyStore>,
+    key: Arc<SigningKey>,
+    expires_at: SystemTime,
+}
+
+struct UntilTokenExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<CachedToken>> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<CachedToken>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(
+            value
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+}
+
+/// Validates inbound activities for every bot of every configured cloud.
+pub struct InboundValidator {
+    config: InboundConfig,
+    stores: Vec<Arc<KeyStore>>,
+    /// Accepted `iss` per metadata URL (used before the bot is known).
+    issuers: HashMap<String, Vec<String>>,
+    signature_only: Validation,
+    cache: Option<Cache<[u8; 32], Arc<CachedToken>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for InboundValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundValidator")
+            .field("config", &self.config)
+            .field(
+                "key_stores",
+                &self
+                    .stores
+                    .iter()
+                    .map(|s| &s.metadata_url)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for InboundValidator {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The token of an `Authorization` header; only the exact `Bearer ` scheme.
+fn bearer_token(authorization: Option<&str>) -> Result<&str, InboundError> {
+    let token = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
+        .ok_or(InboundError::MissingToken)?;
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(InboundError::MalformedToken("longer than 16 KiB"));
+    }
+    if token.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(InboundError::MalformedToken("contains whitespace"));
+    }
+    Ok(token)
+}
+
+fn b64_json<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Header `kid` and the unverified claims (used only to find the bot; every
+/// decision uses the claims returned by signature verification).
+fn parse_unverified(token: &str) -> Result<(String, Claims), InboundError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(InboundError::MalformedToken(
+            "not three dot-separated parts",
+        ));
+    };
+    let header: RawHeader =
+        b64_json(header).ok_or(InboundError::MalformedToken("header is not base64url JSON"))?;
+    match header.alg {
+        Some(serde_json::Value::String(alg)) if alg == "RS256" => {}
+        Some(serde_json::Value::String(alg)) => {
+            return Err(InboundError::UnsupportedAlgorithm(shown(&alg)))
+        }
+        _ => return Err(InboundError::MalformedToken("header has no `alg`")),
+    }
+    let kid = match header.kid {
+        Some(serde_json::Value::String(kid)) if !kid.is_empty() => kid,
+        _ => return Err(InboundError::MalformedToken("header has no `kid`")),
+    };
+    let claims = b64_json(payload).ok_or(InboundError::MalformedToken(
+        "payload is not base64url JSON with the expected claim types",
+    ))?;
+    Ok((kid, claims))
+}
+
+impl InboundValidator {
+    /// One key store per distinct OpenID metadata URL of `clouds`. Nothing is
+    /// fetched until [`InboundValidator::start`].
+    pub fn new(
+        client: reqwest::Client,
+        config: InboundConfig,
+        clouds: impl IntoIterator<Item = Arc<Cloud>>,
+    ) -> Self {
+        let mut stores: Vec<Arc<KeyStore>> = Vec::new();
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
+        let mut issuers: HashMap<String, Vec<String>> = HashMap::new();
+        for cloud in clouds {
+            let url = cloud.openid_metadata_url.clone();
+            match members.iter_mut().find(|(u, _)| *u == url) {
+                Some((_, names)) => names.push(cloud.name.clone()),
+                None => members.push((url.clone(), vec![cloud.name.clone()])),
+            }
+            let iss = issuers.entry(url).or_default();
+            if !iss.contains(&cloud.token_issuer) {
+                iss.push(cloud.token_issuer.clone());
+            }
+        }
+        for (url, names) in members {
+            stores.push(Arc::new(KeyStore::new(
+                url,
+                names,
+                client.clone(),
+                config.fetch_timeout,
+            )));
+        }
+        let mut signature_only = Validation::new(Algorithm::RS256);
+        signature_only.validate_exp = false;
+        signature_only.validate_nbf = false;
+        signature_only.validate_aud = false;
+        signature_only.required_spec_claims.clear();
+        signature_only.leeway = 0;
+        let cache = (config.cache_capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(config.cache_capacity)
+                .expire_after(UntilTokenExpiry)
+                .build()
+        });
+        Self {
+            config,
+            stores,
+            issuers,
+            signature_only,
+            cache,
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Fetches every key store once, then refreshes each on the schedule in the
+    /// background (sooner after a failure). Never fails: a store that could not
+    /// be loaded makes its bots answer 503 and shows in [`Self::key_store_status`].
+    pub async fn start(&self) {
+        futures::future::join_all(self.stores.iter().map(|s| s.refresh(None))).await;
+        let mut tasks = self.tasks.lock();
+        if !tasks.is_empty() {
+            return;
+        }
+        for store in &self.stores {
+            let store = Arc::clone(store);
+            let every = self.config.refresh_interval;
+            let retry = self.config.retry_interval.min(every);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let wait = if store.loaded() && !store.last_attempt_failed() {
+                        every
+                    } else {
+                        retry
+                    };
+                    tokio::time::sleep(wait).await;
+                    store.refresh(None).await;
+                }
+            }));
+        }
+    }
+
+    /// Refreshes every key store now (admin action, tests).
+    pub async fn refresh_keys(&self) {
+        futures::future::join_all(self.stores.iter().map(|s| s.refresh(None))).await;
+    }
+
+    /// One entry per OpenID metadata URL, for `/readyz` and the admin API.
+    pub fn key_store_status(&self) -> Vec<KeyStoreStatus> {
+        self.stores.iter().map(|s| s.status()).collect()
+    }
+
+    /// Validates one inbound activity. `route_bot` is the bot named by the route
+    /// (`/api/messages/{bot}`); without it the bot is the one whose app id is the
+    /// token's `aud`. Checks run in DESIGN.md's order and the first failure is
+    /// returned.
+    pub async fn validate(
+        &self,
+        authorization: Option<&str>,
+        activity: &Activity,
+        route_bot: Option<&Arc<BotTrust>>,
+        resolver: &dyn BotResolver,
+    ) -> Result<Validated, InboundError> {
+        let token = bearer_token(authorization)?;
+        let (kid, unverified) = parse_unverified(token)?;
+        // The bot picks the cloud and so the keys. An unverified aud is only a
+        // hint here: a forged aud cannot pass the signature of that cloud's keys.
+        let bot = match route_bot {
+            Some(b) => Some(Arc::clone(b)),
+            None => unverified
+                .audiences()
+                .find_map(|aud| resolver.by_app_id(aud)),
+        };
+        // Without a bot, still verify the signature (against every cloud) before
+        // answering `audience`, so unsigned tokens cannot probe which app ids
+        // are registered.
+        let candidates = match &bot {
+            Some(b) => vec![self.store_for(&b.cloud)?],
+            None => self.stores.clone(),
+        };
+
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let (claims, store, key, cached) = match self.cache_hit(&digest, &candidates) {
+            Some(hit) => (
+                hit.claims.clone(),
+                Arc::clone(&hit.store),
+                Arc::clone(&hit.key),
+                true,
+            ),
+            None => {
+                let (store, key) = self.find_key(&candidates, &kid).await?;
+                let claims = self.verify_signature(token, &key)?;
+                self.remember(digest, &claims, &store, &key);
+                (claims, store, key, false)
+            }
+        };
+
+        // Issuer.
+        let expected_issuers: Vec<&str> = match &bot {
+            Some(b) => vec![b.cloud.token_issuer.as_str()],
+            None => self
+                .issuers
+                .get(&store.metadata_url)
+                .map(|v| v.iter().map(String::as_str).collect())
+                .unwrap_or_default(),
+        };
+        if !claims
+            .iss
+            .as_deref()
+            .is_some_and(|iss| expected_issuers.contains(&iss))
+        {
+            return Err(InboundError::Issuer {
+                expected: expected_issuers.join("` or `"),
+            });
+        }
+
+        // Audience.
+        let Some(bot) = bot else {
+            return Err(InboundError::Audience(
+                "the app id of a registered bot".to_owned(),
+            ));
+        };
+        if !claims.audiences().any(|aud| aud == bot.app_id) {
+            return Err(InboundError::Audience(format!(
+                "the app id of bot `{}`",
+                bot.bot_id
+            )));
+        }
+
+        // Lifetime, with skew for clocks that disagree.
+        let now = now_secs();
+        let skew = self.config.clock_skew.as_secs_f64();
+        let exp = claims.exp.ok_or(InboundError::MissingExpiry)?;
+        if now > exp + skew {
+            return Err(InboundError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| now + skew < nbf) {
+            return Err(InboundError::NotYetValid);
+        }
+
+        // Endorsements: closed by default; a key without a list endorses nothing.
+        let channel = activity.channel_id.as_deref().unwrap_or_default();
+        let endorsed = !channel.is_empty()
+            && key
+                .endorsements
+                .as_ref()
+                .is_some_and(|e| e.iter().any(|c| c == channel));
+        if !endorsed {
+            return Err(InboundError::Endorsement(shown(channel)));
+        }
+
+        // The serviceUrl was signed by the channel; exact compare as BBJS does.
+        let service_url = match (
+            claims.serviceurl.as_deref(),
+            activity.service_url.as_deref(),
+        ) {
+            (_, None) => {
+                return Err(InboundError::ServiceUrlClaim(
+                    "cannot be checked: the activity has no serviceUrl",
+                ))
+            }
+            (None, _) => return Err(InboundError::ServiceUrlClaim("is missing")),
+            (Some(claim), Some(url)) if claim != url => {
+                return Err(InboundError::ServiceUrlClaim(
+                    "does not equal the activity's serviceUrl",
+                ))
+            }
+            (Some(_), Some(url)) => url,
+        };
+
+        bot.service_urls
+            .check(service_url)
+            .map_err(InboundError::ServiceUrlHost)?;
+
+        let tenant_id = activity.tenant_id();
+        bot.tenants
+            .check(tenant_id)
+            .map_err(InboundError::TenantNotAllowed)?;
+
+        Ok(Validated {
+            tenant_id: tenant_id.map(str::to_owned),
+            bot,
+            cached,
+        })
+    }
+
+    fn store_for(&self, cloud: &Cloud) -> Result<Arc<KeyStore>, InboundError> {
+        self.stores
+            .iter()
+            .find(|s| s.metadata_url == cloud.openid_metadata_url)
+            .cloned()
+            .ok_or_else(|| {
+                InboundError::KeysUnavailable(format!(
+                    "cloud `{}` ({}) was not given to the validator",
+                    cloud.name, cloud.openid_metadata_url
+                ))
+            })
+    }
+
+    /// A cached verification counts only if it was made with one of the
+    /// candidate key stores and that key is still published unchanged; so a
+    /// removed key stops cached tokens too.
+    fn cache_hit(
+        &self,
+        digest: &[u8; 32],
+        candidates: &[Arc<KeyStore>],
+    ) -> Option<Arc<CachedToken>> {
+        let hit = self.cache.as_ref()?.get(digest)?;
+        let store_ok = candidates.iter().any(|s| Arc::ptr_eq(s, &hit.store));
+        let key_ok = hit
+            .store
+            .key(&hit.key.kid)
+            .is_some_and(|k| k.same_as(&hit.key));
+        (store_ok && key_ok).then_some(hit)
+    }
+
+    fn remember(
+        &self,
+        digest: [u8; 32],
+        claims: &Claims,
+        store: &Arc<KeyStore>,
+        key: &Arc<SigningKey>,
+    ) {
+        let (Some(cache), Some(exp)) = (&self.cache, claims.exp) else {
+            return;
+        };
+        let until = exp + self.config.clock_skew.as_secs_f64();
+        if !until.is_finite() || until <= now_secs() {
+            return;
+        }
+        // Capped at a day: a token claiming a far-future exp still fails nothing
+        // here, but need not pin memory for years.
+        let until = until.min(now_secs() + 86_400.0);
+        cache.insert(
+            digest,
+            Arc::new(CachedToken {
+                claims: claims.clone(),
+                store: Arc::clone(store),
+                key: Arc::clone(key),
+                expires_at: UNIX_EPOCH + Duration::from_secs_f64(until),
+            }),
+        );
+    }
+
+    async fn find_key(
+        &self,
+        stores: &[Arc<KeyStore>],
+        kid: &str,
+    ) -> Result<(Arc<KeyStore>, Arc<SigningKey>), InboundError> {
+        let lookup = || {
+            stores
+                .iter()
+                .find_map(|s| s.key(kid).map(|k| (Arc::clone(s), k)))
+        };
+        if let Some(found) = lookup() {
+            return Ok(found);
+        }
+        // A new kid may be a rotation we have not seen: refresh, rate-limited.
+        // Stores never loaded retry at the scheduler's pace at most.
+        futures::future::join_all(stores.iter().map(|s| {
+            let min = if s.loaded() {
+                self.config.unknown_kid_min_interval
+            } else {
+                self.config
+                    .retry_interval
+                    .min(self.config.unknown_kid_min_interval)
+            };
+            s.refresh(Some(min))
+        }))
+        .await;
+        if let Some(found) = lookup() {
+            return Ok(found);
+        }
+        let urls = stores
+            .iter()
+            .map(|s| s.metadata_url.as_str())
+            .collect::<Vec<_>>()
+            .join("`, `");
+        if !stores.iter().any(|s| s.loaded()) {
+            return Err(InboundError::KeysUnavailable(format!(
+                "`{urls}` not loaded yet; retry later (see the key store status)"
+            )));
+        }
+        Err(InboundError::UnknownKey {
+            kid: shown(kid),
+            metadata_url: urls,
+        })
+    }
+
+    fn verify_signature(&self, token: &str, key: &SigningKey) -> Result<Claims, InboundError> {
+        jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.signature_only)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    InboundError::MalformedToken("signature is not base64url")
+                }
+                ErrorKind::Json(_) => {
+                    InboundError::MalformedToken("claims do not have the expected types")
+                }
+                _ => InboundError::Signature,
+            })
+    }
+}
