@@ -1,1 +1,0 @@
-//! Conversation references (in progress).
