@@ -14,9 +14,9 @@ ensure_redis() {
   $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq redis-server >&2
 }
 
-# Waits until redis on port $1 answers PING (5 s).
+# Waits until redis on port $1 answers PING (20 s).
 wait_redis() {
-  for _ in $(seq 50); do
+  for _ in $(seq 200); do
     redis-cli -p "$1" ping >/dev/null 2>&1 && return 0
     sleep 0.1
   done

@@ -91,7 +91,7 @@ impl ServiceUrlAllowlist {
             });
         }
         let allowed = self.allow_any_host
-            || self.exact_hosts.iter().any(|h| *h == host)
+            || self.exact_hosts.contains(&host)
             || self
                 .domains
                 .iter()
@@ -131,7 +131,7 @@ impl TenantPolicy {
         }
         let tenant = tenant.ok_or(PolicyError::TenantMissing)?;
         let lower = tenant.to_ascii_lowercase();
-        if self.allowed.iter().any(|t| *t == lower) {
+        if self.allowed.contains(&lower) {
             Ok(())
         } else {
             Err(PolicyError::TenantNotAllowed(tenant.to_owned()))

@@ -1,0 +1,340 @@
+//! Configuration: embedded defaults <- file (`--config`) <- environment
+//! (`BOTFLEET__SECTION__KEY`). Invalid configuration stops start-up with a message
+//! that names the key and the problem.
+
+use std::path::Path;
+use std::time::Duration;
+
+use botfleet_auth::{Cloud, Secret};
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub auth: AuthSettings,
+    pub store: StoreSettings,
+    pub runtime: RuntimeSettings,
+    /// Custom clouds (tests, botfleet-sim, sovereign clouds without a preset),
+    /// each defined in full.
+    pub clouds: Vec<Cloud>,
+    pub bots: Vec<BotSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address the HTTP server binds.
+    pub listen: String,
+    /// Largest accepted request body; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// How long an inbound request waits for the bot handler before answering
+    /// 202 while the handler carries on. Teams resends after about 15 s.
+    pub handler_deadline_ms: u64,
+    /// HTTP worker threads; 0 = one per CPU.
+    pub workers: usize,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:3978".into(),
+            body_limit_bytes: 256 * 1024,
+            handler_deadline_ms: 10_000,
+            workers: 0,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Scheduled refresh of OpenID metadata and signing keys.
+    pub key_refresh_secs: u64,
+    /// Least time between refreshes triggered by a token with an unknown `kid`.
+    pub unknown_kid_refresh_min_secs: u64,
+    /// Allowed clock skew for `exp` / `nbf`.
+    pub clock_skew_secs: u64,
+    /// Verified tokens remembered (by hash, until expiry) to skip RSA verification.
+    pub verified_token_cache_size: u64,
+    /// Timeout of OpenID metadata / JWKS requests.
+    pub fetch_timeout_ms: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            key_refresh_secs: 6 * 3600,
+            unknown_kid_refresh_min_secs: 300,
+            clock_skew_secs: 300,
+            verified_token_cache_size: 100_000,
+            fetch_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `memory` (default; lost on restart) or `redis`.
+    pub backend: StoreBackend,
+    /// Redis URLs: one for a single node, several seeds for a cluster.
+    pub redis_urls: Vec<String>,
+    /// Treat a single URL as a cluster seed.
+    pub redis_cluster: bool,
+    pub redis_pool_size: usize,
+    /// Prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Memory,
+            redis_urls: Vec::new(),
+            redis_cluster: false,
+            redis_pool_size: 32,
+            key_prefix: "botfleet".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Ingress actors in the pool; 0 = two per CPU.
+    pub ingress_actors: usize,
+    /// Threads tenant and conversation actors run on; 0 = one per CPU.
+    pub arbiters: usize,
+    pub conversation_idle_secs: u64,
+    pub tenant_idle_secs: u64,
+    /// Rewrite an unchanged conversation reference after this long (last_seen).
+    pub reference_touch_secs: u64,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            ingress_actors: 0,
+            arbiters: 0,
+            conversation_idle_secs: 300,
+            tenant_idle_secs: 600,
+            reference_touch_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotSettings {
+    /// botfleet's name for the bot: `/api/messages/{id}`, store keys, admin API.
+    pub id: String,
+    /// Microsoft App ID of the Azure Bot registration (the token audience).
+    pub app_id: String,
+    /// Client secret, for replies and proactive messages.
+    #[serde(default)]
+    pub app_password: Option<Secret>,
+    /// The bot's Entra tenant for single-tenant bots (all new registrations);
+    /// absent = multi-tenant.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// `public`, `gcch`, `dod`, `china` or the name of a `[[clouds]]` entry.
+    #[serde(default = "default_cloud")]
+    pub cloud: String,
+    /// Tenants this bot serves; empty = any tenant.
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
+    /// serviceUrl domains allowed beside the cloud's hosts (suffix match);
+    /// `"*"` turns the host check off (warned at start-up).
+    #[serde(default)]
+    pub additional_allowed_domains: Vec<String>,
+    #[serde(default)]
+    pub handler: HandlerSettings,
+}
+
+fn default_cloud() -> String {
+    "public".into()
+}
+
+/// The bot logic botfleet runs for a bot.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum HandlerSettings {
+    /// Accept and record activities, reply nothing.
+    #[default]
+    Record,
+}
+
+impl Settings {
+    /// Reads defaults, then the file (if any), then `BOTFLEET__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(path));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("BOTFLEET")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("store.redis_urls"),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.listen",
+                format!("`{}` is not an IP:port address", self.server.listen),
+            ));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if !matches!(self.server.log_format.as_str(), "text" | "json") {
+            return Err(invalid("server.log_format", "must be `text` or `json`"));
+        }
+        if self.store.backend == StoreBackend::Redis && self.store.redis_urls.is_empty() {
+            return Err(invalid(
+                "store.redis_urls",
+                "the redis backend needs at least one URL",
+            ));
+        }
+        for (i, c) in self.clouds.iter().enumerate() {
+            if Cloud::preset(&c.name).is_some() {
+                return Err(invalid(
+                    format!("clouds[{i}].name"),
+                    format!(
+                        "`{}` is a preset name; give the custom cloud another name",
+                        c.name
+                    ),
+                ));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, b) in self.bots.iter().enumerate() {
+            let key = |k: &str| format!("bots[{i}].{k}");
+            if b.id.is_empty()
+                || !b
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    key("id"),
+                    "use letters, digits, `-` and `_` only (it appears in URLs)",
+                ));
+            }
+            if !ids.insert(b.id.as_str()) {
+                return Err(invalid(key("id"), format!("`{}` is used twice", b.id)));
+            }
+            if b.app_id.trim().is_empty() {
+                return Err(invalid(key("app_id"), "is required"));
+            }
+            self.cloud(&b.cloud).ok_or_else(|| {
+                invalid(
+                    key("cloud"),
+                    format!(
+                        "unknown cloud `{}`; use public, gcch, dod, china or define it under [[clouds]]",
+                        b.cloud
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A preset or a custom cloud by name.
+    pub fn cloud(&self, name: &str) -> Option<Cloud> {
+        Cloud::preset(name).or_else(|| self.clouds.iter().find(|c| c.name == name).cloned())
+    }
+
+    pub fn handler_deadline(&self) -> Duration {
+        Duration::from_millis(self.server.handler_deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(content: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        std::io::Write::write_all(&mut f, content.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let s = Settings::load(None).expect("defaults load");
+        assert_eq!(s.server.body_limit_bytes, 256 * 1024);
+        assert_eq!(s.store.backend, StoreBackend::Memory);
+        assert!(s.bots.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = write("[[bots]]\nid = \"a\"\napp_id = \"x\"\ncloud = \"mars\"\n");
+        let e = Settings::load(Some(f.path())).expect_err("rejected");
+        assert!(e.to_string().contains("bots[0].cloud"), "{e}");
+
+        let f = write("[server]\nlisten = \"nowhere\"\n");
+        let e = Settings::load(Some(f.path())).expect_err("rejected");
+        assert!(e.to_string().contains("server.listen"), "{e}");
+
+        let f = write("[server]\nlisten_on = \"127.0.0.1:1\"\n");
+        let e = Settings::load(Some(f.path())).expect_err("unknown key rejected");
+        assert!(e.to_string().contains("listen_on"), "{e}");
+
+        let f = write("[store]\nbackend = \"redis\"\n");
+        let e = Settings::load(Some(f.path())).expect_err("rejected");
+        assert!(e.to_string().contains("store.redis_urls"), "{e}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let f = write("[[bots]]\nid = \"a\"\napp_id = \"x\"\napp_password = \"hunter2\"\n");
+        let s = Settings::load(Some(f.path())).expect("loads");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
