@@ -9,5 +9,6 @@
 pub mod conversations;
 pub mod ratelimit;
 pub mod redis_pool;
+pub mod token_tier;
 
 pub use redis_pool::{RedisConn, RedisPool, RedisPoolError, KEY_SCHEMA};
