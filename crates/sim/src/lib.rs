@@ -12,6 +12,26 @@
 //! Start one in-process with [`start`]; see [`SimConfig`] and [`RunningSim`].
 //! It depends on no botfleet crate but `botfleet-protocol`, so its checks
 //! cannot share a bug with botfleet's own validation.
+//!
+//! # HTTP API (JSON bodies are camelCase; errors are Bot Connector `ErrorResponse`s)
+//!
+//! | Route | Body / query | Answer |
+//! |---|---|---|
+//! | `GET /v1/.well-known/openidconfiguration` (also `openid-configuration`) | | Bot Framework metadata document |
+//! | `GET /v1/.well-known/keys`, `/v1/keys`, `/{tenant}/discovery/v2.0/keys` | | JWKS: `kty,use,kid,n,e,endorsements` |
+//! | `POST /{tenant}/oauth2/v2.0/token` | form: client credentials (secret or `client_assertion`) | Entra token response / AADSTS error |
+//! | `GET /metadata/identity/oauth2/token` (header `Metadata: true`), `GET /msi/token` (header `X-IDENTITY-HEADER`) | `api-version`, `resource`, `client_id` | managed identity token |
+//! | `{prefix}/v3/conversations...` | Bot Connector (send, reply, update, delete, create, members, pagedmembers, member) | as Teams |
+//! | `POST /_sim/tokens` | [`MintRequest`] | `{tokens:[..], kid}` |
+//! | `POST /_sim/federated-token` | `{subject, audience?, lifetimeSecs?}` | `{token, issuer}` |
+//! | `GET /_sim/keys`; `POST /_sim/keys/rotate` | `{retireOld?}` | `{active, unendorsed, published}`; `{kid, retired, published}` |
+//! | `GET`/`POST /_sim/bots` | [`BotRegistration`] | `{bots:[..]}` / `{appId, credentials}` |
+//! | `GET`/`POST /_sim/conversations` | `?id=` / `{conversations:[`[`Conversation`]`]}` | `{total, conversations}` / `{registered, total}` |
+//! | `GET`/`POST`/`DELETE /_sim/faults` | [`Faults`] (POST replaces) | `{faults, failNextRemaining, injected}` |
+//! | `GET /_sim/activities` | [`ActivityFilter`]: `conversation, since, appId, operation, all, limit` | `{total, last, activities:[`[`ActivityRecord`]`]}` |
+//! | `GET /_sim/token-requests` | `?clientId=` | `{total, byClient:{id:{total,ok,rejected}}, requests:[..]}` |
+//! | `GET /_sim/violations` | | `{total, violations:[`[`Violation`]`]}` |
+//! | `GET /_sim/stats`, `GET /_sim/health`, `POST /_sim/reset` | | counters; `{ok, url, kid}`; `{reset:true}` |
 
 pub mod client;
 pub mod connector;

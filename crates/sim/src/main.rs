@@ -23,6 +23,20 @@ struct Cli {
 enum Command {
     /// Run the sim on 127.0.0.1 until SIGINT/SIGTERM. Prints one JSON line
     /// {"ready":true,"url":...} on stdout once it accepts connections.
+    ///
+    /// Serves: OpenID metadata (/v1/.well-known/openidconfiguration) and JWKS
+    /// (/v1/.well-known/keys: the active key endorsed for msteams, one endorsed
+    /// for webchat only); the token endpoint POST /{tenant}/oauth2/v2.0/token
+    /// (client credentials of the --bot bots: secret, certificate or federated
+    /// assertion); managed identity tokens at /metadata/identity/oauth2/token
+    /// and /msi/token; the Bot Connector under any prefix before
+    /// /v3/conversations (service URL e.g. http://127.0.0.1:PORT/amer/), which
+    /// accepts only tokens this sim signed for https://api.botframework.com
+    /// (from its token endpoint or managed identity endpoints), answers 404 for
+    /// conversations neither registered (POST /_sim/conversations) nor created,
+    /// and 429 with Retry-After when Teams' rate limits are broken; and the test
+    /// API under /_sim/ (tokens, keys/rotate, bots, conversations, faults,
+    /// activities, token-requests, violations, stats, reset, health).
     Serve(ServeArgs),
     /// Post one signed activity to a bot endpoint, as Teams would.
     Send(client::SendArgs),
@@ -40,7 +54,8 @@ struct ServeArgs {
     /// PEM file with the RSA-2048 signing keys (PKCS#8; the first key is active,
     /// the second the published key endorsed for `webchat` only). Created with
     /// fresh keys if missing, so later runs publish the same key ids. Without
-    /// it, keys are generated in memory on every start.
+    /// it, keys are generated in memory on every start. Keys made by
+    /// POST /_sim/keys/rotate live in memory only.
     #[arg(long, value_name = "PATH", env = "BOTFLEET_SIM_KEY_FILE")]
     key_file: Option<PathBuf>,
 
