@@ -447,8 +447,13 @@ pub struct ConnectorDelta {
 impl ConnectorDelta {
     /// The difference of two `GET /_sim/stats` answers.
     pub fn between(before: &Value, after: &Value) -> Self {
-        let count =
-            |v: &Value, pointer: &str| v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+        // The counters sit under `stats`; also accepted at the top level.
+        let count = |v: &Value, pointer: &str| {
+            v.pointer(&format!("/stats{pointer}"))
+                .or_else(|| v.pointer(pointer))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
         let delta = |pointer: &str| count(after, pointer).saturating_sub(count(before, pointer));
         let requests = delta("/connectorRequests");
         let accepted = delta("/connectorOk");
@@ -583,13 +588,21 @@ impl Summary {
             ),
             None => "unknown (the sim's stats could not be read)".to_owned(),
         };
+        let hint = match self.connector {
+            Some(c) if c.throttled > 0 => {
+                "note         : Teams' rate limits throttled the bot (50/s per app per tenant, \
+                 7/s per conversation); use more --tenants and --conversations to measure \
+                 the bot, not the limits\n"
+            }
+            _ => "",
+        };
         format!(
             "== botfleet-sim load -> {} | {} connections, {} (+{:.1} s warm-up), {} | {} conversations in {} tenants | mix {}\n\
              requests/s   : {:.1}   ({} answered in {:.2} s)\n\
              latency      : p50 {:.2} ms | p90 {:.2} ms | p99 {:.2} ms | max {:.2} ms   (mean {:.2} ms)\n\
              answers      : {}\n\
              errors       : {}\n\
-             sim connector: {}\n",
+             sim connector: {}\n{}",
             s.to,
             s.connections,
             s.measure,
@@ -609,6 +622,7 @@ impl Summary {
             if statuses.is_empty() { "none".to_owned() } else { statuses.join(" ") },
             errors,
             connector,
+            hint,
         )
     }
 
@@ -771,7 +785,7 @@ mod tests {
     fn connector_delta_from_stats() {
         let before =
             json!({"connectorRequests": 10, "connectorOk": 8, "byStatus": {"201": 8, "429": 1}});
-        let after = json!({"connectorRequests": 110, "connectorOk": 100, "byStatus": {"201": 100, "429": 6}});
+        let after = json!({"stats": {"connectorRequests": 110, "connectorOk": 100, "byStatus": {"201": 100, "429": 6}}});
         assert_eq!(
             ConnectorDelta::between(&before, &after),
             ConnectorDelta {

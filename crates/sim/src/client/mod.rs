@@ -46,8 +46,9 @@ pub enum ClientError {
     ActivityFileJson { path: String, reason: String },
 
     #[error(
-        "cannot reach botfleet-sim at {url}: {source}. Is `botfleet-sim serve` running there? \
-         Pass the URL from its ready line with --sim"
+        "cannot reach botfleet-sim at {url}: {}. Is `botfleet-sim serve` running there? \
+         Pass the URL from its ready line with --sim",
+        describe(.source)
     )]
     SimUnreachable {
         url: String,
@@ -63,7 +64,10 @@ pub enum ClientError {
         body: String,
     },
 
-    #[error("cannot reach the bot at {url}: {source}. Is the bot running, and is --to its messaging endpoint?")]
+    #[error(
+        "cannot reach the bot at {url}: {}. Is the bot running, and is --to its messaging endpoint?",
+        describe(.source)
+    )]
     BotUnreachable {
         url: String,
         #[source]
@@ -107,6 +111,19 @@ pub fn exit_code(result: Result<(), ClientError>) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// An error with its causes (`error sending request: ...: Connection refused`):
+/// reqwest's own message alone does not say what went wrong.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Checks that `value` is an absolute http(s) URL; `what` names it in the error.
