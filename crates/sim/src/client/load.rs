@@ -20,6 +20,15 @@ use super::duration::parse_duration;
 use super::sim_api::{ConversationRegistration, Member, SimApi, TokenRequest};
 use super::ClientError;
 
+const LOAD_AFTER_HELP: &str = "\
+Closed loop: each connection keeps one request in flight. Conversations are registered with the sim \
+and tokens minted by it first; request bodies are built before the run.
+Prints requests/s, latency p50/p90/p99/max (HDR histogram, microseconds), answers by status, errors \
+(non-2xx and timeout/connect/io), and what the sim's Bot Connector accepted or throttled meanwhile \
+(Teams' limits: 50/s per app per tenant, 7/s per conversation; raise --tenants/--conversations \
+for fast bots).
+Exit code: 0 when at least one request got a 2xx answer, 1 when none did, 2 on usage or setup errors.";
+
 /// Drive a bot endpoint with signed Teams activities and measure it. Closed loop:
 /// each connection keeps one request in flight, so throughput is what the bot
 /// sustains at that concurrency. Conversations are registered with the sim first
@@ -29,6 +38,7 @@ use super::ClientError;
 /// Exits 0 when the run completed with at least one 2xx answer, 1 when no request
 /// succeeded, 2 on usage or setup errors.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = LOAD_AFTER_HELP)]
 pub struct LoadArgs {
     /// The bot's messaging endpoint, e.g. http://127.0.0.1:3978/api/messages.
     #[arg(long, value_name = "URL")]

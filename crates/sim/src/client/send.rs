@@ -28,6 +28,13 @@ impl TokenKey {
     }
 }
 
+const SEND_AFTER_HELP: &str = "\
+The token is minted by the running sim (POST /_sim/tokens): iss https://api.botframework.com, \
+aud = --app-id, serviceurl = the activity's serviceUrl, signed with its msteams-endorsed key. \
+The conversation is registered with the sim first, so the bot's reply is accepted by its Bot Connector.
+Prints one JSON line: {\"status\",\"body\",\"activityId\",\"conversationId\"}.
+Exit code: 0 when the bot answered 2xx, 1 when it answered anything else, 2 on usage or connection errors.";
+
 /// Post ONE activity to a bot endpoint the way Teams' channel service does:
 /// JSON body, `Authorization: Bearer <JWT>` minted by the running sim (issuer
 /// https://api.botframework.com, audience = the app id, `serviceurl` claim = the
@@ -36,6 +43,7 @@ impl TokenKey {
 /// {"status","body","activityId","conversationId"}; exits 0 when the bot answered
 /// 2xx, 1 when it answered anything else, 2 on usage or connection errors.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = SEND_AFTER_HELP)]
 pub struct SendArgs {
     /// The bot's messaging endpoint, e.g. http://127.0.0.1:3978/api/messages.
     #[arg(long, value_name = "URL")]
