@@ -14,11 +14,14 @@
 pub mod bot;
 pub mod conversation;
 pub mod handler;
+pub mod handlers;
 pub mod ingress;
 pub mod metrics;
+pub mod outbound;
 pub mod tenant;
 #[cfg(test)]
 mod tests;
+pub mod token_tier;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

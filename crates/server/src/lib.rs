@@ -16,15 +16,26 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use botfleet_auth::inbound::{BotTrust, InboundConfig, InboundValidator};
+use botfleet_auth::outbound::{
+    ClientCredential, ClientCredentialsProvider, TokenCache, TokenCacheConfig,
+};
 use botfleet_auth::{ServiceUrlAllowlist, TenantPolicy};
+use botfleet_connector::{
+    AmbiguousPolicy, BotSettings as ConnectorBotSettings, Connector, ConnectorConfig, RetryPolicy,
+};
+use botfleet_runtime::handlers::{EchoHandler, NotifyOnlyHandler, WebhookConfig, WebhookHandler};
+use botfleet_runtime::outbound::Replier;
+use botfleet_runtime::token_tier::RedisSharedTokens;
 use botfleet_runtime::{Bot, BotHandler, BotRegistry, RecordingHandler, Runtime, RuntimeConfig};
 use botfleet_store::conversations::{
     ConversationStore, MemoryConversationStore, RedisConversationStore,
 };
+use botfleet_store::ratelimit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter};
+use botfleet_store::token_tier::RedisTokenTier;
 use botfleet_store::RedisPool;
 use thiserror::Error;
 
-use settings::{HandlerSettings, Settings, StoreBackend};
+use settings::{AmbiguousSend, HandlerSettings, Settings, StoreBackend};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -46,6 +57,7 @@ pub enum StartError {
 /// What every HTTP worker shares.
 pub struct AppState {
     pub settings: Settings,
+    pub tokens: TokenCache,
     pub runtime: Runtime,
     pub store: Arc<dyn ConversationStore>,
     pub redis: Option<RedisPool>,
@@ -73,10 +85,92 @@ pub fn init_logging(format: &str) {
     }
 }
 
-fn build_handler(settings: &HandlerSettings) -> Arc<dyn BotHandler> {
-    match settings {
+fn build_handler(
+    bot_id: &str,
+    settings: &HandlerSettings,
+    replier: Option<Replier>,
+    http: &reqwest::Client,
+) -> Result<Arc<dyn BotHandler>, StartError> {
+    let needs = |r: Option<Replier>| {
+        r.ok_or_else(|| {
+            StartError::Bots(format!(
+                "bot `{bot_id}`: this handler replies and needs app_password"
+            ))
+        })
+    };
+    Ok(match settings {
         HandlerSettings::Record => Arc::new(RecordingHandler::new()),
-    }
+        HandlerSettings::Echo => Arc::new(EchoHandler::new(needs(replier)?)),
+        HandlerSettings::NotifyOnly { text } => {
+            Arc::new(NotifyOnlyHandler::new(needs(replier)?, text.clone()))
+        }
+        HandlerSettings::Webhook {
+            url,
+            secret,
+            timeout_ms,
+            allow_insecure_http,
+        } => Arc::new(
+            WebhookHandler::new(
+                WebhookConfig {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                    timeout: Duration::from_millis(*timeout_ms),
+                    allow_insecure_http: *allow_insecure_http,
+                },
+                http.clone(),
+                replier,
+            )
+            .map_err(|e| StartError::Bots(format!("bot `{bot_id}`: {e}")))?,
+        ),
+    })
+}
+
+/// The process-wide outbound machinery: token cache, rate limiter, connector.
+struct Outbound {
+    tokens: TokenCache,
+    connector: Connector,
+    token_http: reqwest::Client,
+}
+
+fn build_outbound(settings: &Settings, redis: Option<&RedisPool>) -> Result<Outbound, StartError> {
+    let prefix = format!(
+        "{}:{}",
+        settings.store.key_prefix,
+        botfleet_store::KEY_SCHEMA
+    );
+    let margin = Duration::from_millis(settings.outbound.rate_limit_margin_ms);
+    let (tokens, limiter): (TokenCache, Arc<dyn RateLimiter>) = match redis {
+        Some(pool) => (
+            TokenCache::with_shared_tier(
+                TokenCacheConfig::default(),
+                Arc::new(RedisSharedTokens(RedisTokenTier::with_prefix(
+                    pool.clone(),
+                    prefix.clone(),
+                ))),
+            ),
+            Arc::new(RedisRateLimiter::with_prefix(pool.clone(), prefix, margin)),
+        ),
+        None => (
+            TokenCache::new(TokenCacheConfig::default()),
+            Arc::new(MemoryRateLimiter::new(margin)),
+        ),
+    };
+    let o = &settings.outbound;
+    let connector = Connector::new(
+        ConnectorConfig {
+            connect_timeout: Duration::from_millis(o.connect_timeout_ms),
+            request_timeout: Duration::from_millis(o.request_timeout_ms),
+            gcc_service_url: o.gcc_service_url.clone(),
+            ..ConnectorConfig::default()
+        },
+        limiter,
+    )
+    .map_err(|e| StartError::Http(e.to_string()))?;
+    Ok(Outbound {
+        tokens,
+        connector,
+        token_http: botfleet_auth::outbound::default_http_client(),
+    })
 }
 
 /// Builds the store, bots, validator and actor runtime from settings.
@@ -114,6 +208,11 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
         tracing::warn!("conversation references are kept in memory and lost on restart; set store.backend = \"redis\" in production");
     }
 
+    let outbound = build_outbound(&settings, redis.as_ref())?;
+    let webhook_http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))?;
     let mut clouds = Vec::new();
     let mut bots = Vec::new();
     for b in &settings.bots {
@@ -139,10 +238,48 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
             service_urls,
             tenants: TenantPolicy::new(&b.allowed_tenants),
         });
+        let id: Arc<str> = Arc::from(b.id.as_str());
+        let replier = b
+            .app_password
+            .as_ref()
+            .filter(|p| !p.is_empty())
+            .map(|password| {
+                let provider = ClientCredentialsProvider::new(
+                    &trust.cloud,
+                    &b.app_id,
+                    b.tenant_id.as_deref(),
+                    ClientCredential::Secret(password.clone()),
+                )
+                .with_http_client(outbound.token_http.clone());
+                let handle = outbound.tokens.register(Arc::new(provider));
+                let o = &settings.outbound;
+                let client = outbound.connector.bot(
+                    ConnectorBotSettings::new(
+                        &b.app_id,
+                        Arc::new(handle),
+                        trust.service_urls.clone(),
+                    )
+                    .with_ambiguous(match b.ambiguous_send {
+                        AmbiguousSend::Report => AmbiguousPolicy::ReportUnknown,
+                        AmbiguousSend::Resend => AmbiguousPolicy::Resend,
+                    })
+                    .with_retry(RetryPolicy {
+                        max_attempts: o.max_attempts.max(1),
+                        max_elapsed: Duration::from_millis(o.max_retry_ms),
+                        max_rate_limit_wait: Duration::from_millis(o.max_rate_limit_wait_ms),
+                        ..RetryPolicy::default()
+                    }),
+                );
+                Replier {
+                    bot_id: id.clone(),
+                    client,
+                    store: store.clone(),
+                }
+            });
         bots.push(Bot {
-            id: Arc::from(b.id.as_str()),
+            id: id.clone(),
             trust,
-            handler: build_handler(&b.handler),
+            handler: build_handler(&b.id, &b.handler, replier, &webhook_http)?,
             store: store.clone(),
         });
     }
@@ -189,6 +326,7 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
         registry,
     );
     Ok(AppState {
+        tokens: outbound.tokens.clone(),
         settings,
         runtime,
         store,

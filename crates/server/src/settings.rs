@@ -31,6 +31,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub store: StoreSettings,
     pub runtime: RuntimeSettings,
+    pub outbound: OutboundSettings,
     /// Custom clouds (tests, botfleet-sim, sovereign clouds without a preset),
     /// each defined in full.
     pub clouds: Vec<Cloud>,
@@ -177,6 +178,9 @@ pub struct BotSettings {
     pub additional_allowed_domains: Vec<String>,
     #[serde(default)]
     pub handler: HandlerSettings,
+    /// Policy for a send that timed out after it left (see [`AmbiguousSend`]).
+    #[serde(default)]
+    pub ambiguous_send: AmbiguousSend,
 }
 
 fn default_cloud() -> String {
@@ -190,6 +194,72 @@ pub enum HandlerSettings {
     /// Accept and record activities, reply nothing.
     #[default]
     Record,
+    /// Reply to every message with its own text (needs `app_password`).
+    Echo,
+    /// Answer every message with `text` (needs `app_password`).
+    NotifyOnly { text: String },
+    /// Forward each validated activity to `url`, signed with `secret`
+    /// (HMAC-SHA256 over timestamp and body); send back the replies it answers.
+    Webhook {
+        url: String,
+        secret: Secret,
+        #[serde(default = "default_webhook_timeout_ms")]
+        timeout_ms: u64,
+        /// Allow http:// to a non-loopback host.
+        #[serde(default)]
+        allow_insecure_http: bool,
+    },
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5_000
+}
+
+/// What to do when a send timed out after it left: Teams may or may not have
+/// delivered it, and it does not deduplicate a resent message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AmbiguousSend {
+    /// Report the delivery as unknown (logged, counted); never a duplicate.
+    #[default]
+    Report,
+    /// Send again: never a loss, possibly a duplicate in the chat.
+    Resend,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundSettings {
+    /// Timeout of one Bot Connector request.
+    pub request_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Attempts of one call, the first included (412/429/502/503/504 and
+    /// connection failures are retried).
+    pub max_attempts: u32,
+    /// No retry starts after this long since the call began.
+    pub max_retry_ms: u64,
+    /// Longest wait for the local Teams rate limiter per request.
+    pub max_rate_limit_wait_ms: u64,
+    /// Where a 403 `InvalidBotApiHost` call is retried (the GCC Teams host).
+    pub gcc_service_url: String,
+    /// Added to every Teams rate-limit window. Teams counts arrivals; botfleet
+    /// counts departures, and delays between the two compress bursts. A margin
+    /// larger than that jitter means a paced sender is never throttled.
+    pub rate_limit_margin_ms: u64,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+            max_attempts: 10,
+            max_retry_ms: 60_000,
+            max_rate_limit_wait_ms: 30_000,
+            gcc_service_url: "https://smba.infra.gcc.teams.microsoft.com".into(),
+            rate_limit_margin_ms: 200,
+        }
+    }
 }
 
 impl Settings {
@@ -267,6 +337,24 @@ impl Settings {
             }
             if b.app_id.trim().is_empty() {
                 return Err(invalid(key("app_id"), "is required"));
+            }
+            let replies = matches!(
+                b.handler,
+                HandlerSettings::Echo | HandlerSettings::NotifyOnly { .. }
+            );
+            if replies && b.app_password.as_ref().is_none_or(Secret::is_empty) {
+                return Err(invalid(
+                    key("app_password"),
+                    "this bot's handler replies, which needs the bot's client secret",
+                ));
+            }
+            if let HandlerSettings::Webhook { secret, .. } = &b.handler {
+                if secret.expose().len() < 16 {
+                    return Err(invalid(
+                        key("handler.secret"),
+                        "use a random webhook secret of at least 16 characters",
+                    ));
+                }
             }
             self.cloud(&b.cloud).ok_or_else(|| {
                 invalid(

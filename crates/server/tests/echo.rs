@@ -1,0 +1,186 @@
+//! The outbound path end to end: Teams (botfleet-sim) posts messages, botfleet's
+//! echo bot answers through the Bot Connector with a token from the shared
+//! cache, under the Teams rate limits.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn echo_config(sim: &str, extra: &str) -> String {
+    format!(
+        r#"
+{cloud}
+[outbound]
+gcc_service_url = "{sim}/gcc"
+
+[[bots]]
+id = "echo"
+app_id = "{APP_ID}"
+app_password = "{APP_SECRET}"
+cloud = "sim"
+handler = {{ kind = "echo" }}
+{extra}
+"#,
+        cloud = sim_cloud(sim)
+    )
+}
+
+async fn get(url: String) -> Value {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("sim inspection")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn register(sim: &str, conversations: Vec<Value>) {
+    let r = http()
+        .post(format!("{sim}/_sim/conversations"))
+        .json(&json!({ "conversations": conversations }))
+        .send()
+        .await
+        .expect("register");
+    assert!(r.status().is_success());
+}
+
+fn successful_token_requests(v: &Value, client: &str) -> usize {
+    v["requests"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter(|r| r["clientId"] == client && r["status"] == 200)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn thousand_messages_from_hundred_conversations_get_thousand_echoes() {
+    let sim = start_sim();
+    let bf = start_botfleet(&echo_config(&sim.url, ""));
+    let tenants: Vec<String> = (0..10)
+        .map(|t| format!("00000000-0000-4000-8000-{t:012}"))
+        .collect();
+    let conversations: Vec<(String, String)> = (0..100)
+        .map(|c| (format!("a:echo-conv-{c}"), tenants[c % 10].clone()))
+        .collect();
+    register(
+        &sim.url,
+        conversations
+            .iter()
+            .map(|(id, t)| json!({"id": id, "tenantId": t}))
+            .collect(),
+    )
+    .await;
+    let token = Arc::new(
+        mint(
+            &sim.url,
+            json!({"appId": APP_ID, "serviceUrl": service_url(&sim.url)}),
+        )
+        .await,
+    );
+    let url = Arc::new(format!("{}/api/messages", bf.url()));
+    let sent: BTreeSet<String> = (0..1000).map(|i| format!("message {i}")).collect();
+    let statuses: Vec<u16> = futures::stream::iter(0..1000)
+        .map(|i| {
+            let (conv, tenant) = conversations[i % 100].clone();
+            let token = token.clone();
+            let url = url.clone();
+            let sim = sim.url.clone();
+            async move {
+                let mut a = message(&sim, &conv, &format!("id-{i}"), &format!("message {i}"));
+                a["conversation"]["tenantId"] = json!(tenant);
+                a["channelData"]["tenant"]["id"] = json!(tenant);
+                post_activity(&url, Some(&token), &a).await.0
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "non-200 answers: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+
+    let activities = get(format!("{}/_sim/activities", sim.url)).await;
+    let echoed: Vec<String> = activities["activities"]
+        .as_array()
+        .expect("activities")
+        .iter()
+        .filter(|r| {
+            r["status"]
+                .as_u64()
+                .is_some_and(|s| (200..300).contains(&s))
+        })
+        .filter(|r| r["appId"] == APP_ID)
+        .filter_map(|r| r["body"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(echoed.len(), 1000, "exactly one echo per message");
+    assert_eq!(echoed.into_iter().collect::<BTreeSet<_>>(), sent);
+
+    let tokens = get(format!("{}/_sim/token-requests", sim.url)).await;
+    assert_eq!(
+        successful_token_requests(&tokens, APP_ID),
+        1,
+        "one token for the whole run: {tokens}"
+    );
+    let violations = get(format!("{}/_sim/violations", sim.url)).await;
+    assert_eq!(
+        violations["total"], 0,
+        "Teams rate limits broken: {violations}"
+    );
+}
+
+#[actix_web::test]
+async fn a_blocked_conversation_is_deactivated_and_not_retried() {
+    let sim = start_sim();
+    let bf = start_botfleet(&echo_config(&sim.url, ""));
+    register(
+        &sim.url,
+        vec![json!({"id": "a:blocked", "tenantId": TENANT})],
+    )
+    .await;
+    let r = http()
+        .post(format!("{}/_sim/faults", sim.url))
+        .json(&json!({"conversations": [{"conversationId": "a:blocked", "status": 403, "code": "ConversationBlockedByUser"}]}))
+        .send()
+        .await
+        .expect("faults");
+    assert!(
+        r.status().is_success(),
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let token = mint(
+        &sim.url,
+        json!({"appId": APP_ID, "serviceUrl": service_url(&sim.url)}),
+    )
+    .await;
+    let got = post_activity(
+        &format!("{}/api/messages", bf.url()),
+        Some(&token),
+        &message(&sim.url, "a:blocked", "b1", "hello"),
+    )
+    .await;
+    // the bot could not answer: logged and reported, never sent into the chat
+    assert_eq!(got.0, 500, "{}", got.1);
+    let activities = get(format!(
+        "{}/_sim/activities?conversation=a:blocked&all=true",
+        sim.url
+    ))
+    .await;
+    let calls = activities["activities"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        calls, 1,
+        "a permanent 403 must not be retried: {activities}"
+    );
+}
