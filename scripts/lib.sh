@@ -1,8 +1,27 @@
 # Shared helpers for botfleet scripts. Sourced, not run.
 
-# A TCP port nobody listens on now (the kernel picks it).
+# A TCP port nobody listens on now, below 55000: a Redis Cluster node also
+# listens on port + 10000 (its bus), which must stay a valid port.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    port = random.randint(20000, 54999)
+    ok = True
+    for p in (port, port + 10000):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            ok = False
+        finally:
+            s.close()
+    if ok:
+        print(port)
+        break
+else:
+    raise SystemExit("no free port pair found")
+PY
 }
 
 # Installs Redis from the OS package manager when redis-server is missing.

@@ -166,6 +166,8 @@ fn build_outbound(settings: &Settings, redis: Option<&RedisPool>) -> Result<Outb
         limiter,
     )
     .map_err(|e| StartError::Http(e.to_string()))?;
+    // Refresh ahead of expiry so no reply ever waits on the token endpoint.
+    tokens.spawn_refresher(Duration::from_secs(15));
     Ok(Outbound {
         tokens,
         connector,

@@ -195,6 +195,12 @@ impl FaultState {
         if self.fail_next_left > 0 {
             self.fail_next_left -= 1;
             let status = self.config.fail_next_status;
+            // A 429 from Teams always says when to come back.
+            if status == 429 {
+                return Some(Injected::Throttle {
+                    retry_after_secs: self.config.retry_after_secs,
+                });
+            }
             return Some(Injected::Error {
                 status,
                 code: code_for_status(status).into(),
