@@ -41,11 +41,15 @@ pub trait BotHandler: Send + Sync + 'static {
     async fn on_turn(&self, turn: &Turn) -> Result<HandlerOutcome, HandlerError>;
 }
 
-/// Accepts every activity and keeps it, for tests and dry runs. Answers invokes
-/// with 200 and no body.
+/// How many recent turns a [`RecordingHandler`] keeps; older ones are only counted.
+const RECORDED_TURNS: usize = 1024;
+
+/// Accepts every activity, keeps the most recent ones and counts all, for tests,
+/// dry runs and ingress benchmarks. Answers invokes with 200 and no body.
 #[derive(Debug, Default)]
 pub struct RecordingHandler {
-    seen: Mutex<Vec<Turn>>,
+    seen: Mutex<std::collections::VecDeque<Turn>>,
+    total: std::sync::atomic::AtomicU64,
 }
 
 impl RecordingHandler {
@@ -53,15 +57,27 @@ impl RecordingHandler {
         Self::default()
     }
 
+    /// The most recent turns, oldest first.
     pub fn turns(&self) -> Vec<Turn> {
-        self.seen.lock().clone()
+        self.seen.lock().iter().cloned().collect()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 #[async_trait]
 impl BotHandler for RecordingHandler {
     async fn on_turn(&self, turn: &Turn) -> Result<HandlerOutcome, HandlerError> {
-        self.seen.lock().push(turn.clone());
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut seen = self.seen.lock();
+        if seen.len() == RECORDED_TURNS {
+            seen.pop_front();
+        }
+        seen.push_back(turn.clone());
+        drop(seen);
         if turn.activity.activity_type() == botfleet_protocol::ActivityType::Invoke {
             return Ok(HandlerOutcome::Invoke(InvokeResponse::ok(None)));
         }
