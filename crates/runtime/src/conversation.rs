@@ -21,7 +21,8 @@ use crate::handler::{HandlerOutcome, Turn};
 use crate::metrics::Counters;
 use crate::{now_ms, TurnError, TurnOutcome, TurnResult};
 
-/// How many recent activity ids a conversation remembers for duplicate detection.
+/// How many recent activity ids a conversation remembers for duplicate detection
+/// (grown on demand: most conversations see a handful of activities).
 /// Teams resends within seconds, so a short memory is enough.
 const SEEN_IDS: usize = 256;
 
@@ -67,8 +68,8 @@ impl ConversationActor {
             stored: None,
             stored_at: None,
             touch_interval,
-            seen: VecDeque::with_capacity(SEEN_IDS),
-            seen_set: HashSet::with_capacity(SEEN_IDS),
+            seen: VecDeque::new(),
+            seen_set: HashSet::new(),
             counters,
         }
     }
