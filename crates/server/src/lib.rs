@@ -17,8 +17,10 @@ use std::time::Duration;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use botfleet_auth::inbound::{BotTrust, InboundConfig, InboundValidator};
 use botfleet_auth::outbound::{
-    ClientCredential, ClientCredentialsProvider, TokenCache, TokenCacheConfig,
+    CertificateCredential, ClientCredential, ClientCredentialsProvider, ManagedIdentityProvider,
+    ManagedIdentitySource, TokenCache, TokenCacheConfig, TokenProvider, WorkloadIdentityEnv,
 };
+use botfleet_auth::Cloud;
 use botfleet_auth::{ServiceUrlAllowlist, TenantPolicy};
 use botfleet_connector::{
     AmbiguousPolicy, BotSettings as ConnectorBotSettings, Connector, ConnectorConfig, RetryPolicy,
@@ -35,7 +37,7 @@ use botfleet_store::token_tier::RedisTokenTier;
 use botfleet_store::RedisPool;
 use thiserror::Error;
 
-use settings::{AmbiguousSend, HandlerSettings, Settings, StoreBackend};
+use settings::{AmbiguousSend, CredentialSettings, HandlerSettings, Settings, StoreBackend};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -122,6 +124,86 @@ fn build_handler(
             )
             .map_err(|e| StartError::Bots(format!("bot `{bot_id}`: {e}")))?,
         ),
+    })
+}
+
+/// The token provider of one bot's credential. Files are read here, so a missing
+/// key file stops start-up instead of failing the first reply.
+fn token_provider(
+    bot: &settings::BotSettings,
+    cloud: &Cloud,
+    credential: &CredentialSettings,
+    http: &reqwest::Client,
+) -> Result<Arc<dyn TokenProvider>, StartError> {
+    let fail = |what: String| StartError::Bots(format!("bot `{}`: {what}", bot.id));
+    let tenant = bot.tenant_id.as_deref();
+    let client = |c: ClientCredential| {
+        ClientCredentialsProvider::new(cloud, &bot.app_id, tenant, c).with_http_client(http.clone())
+    };
+    Ok(match credential {
+        CredentialSettings::Secret { secret } => {
+            Arc::new(client(ClientCredential::Secret(secret.clone())))
+        }
+        CredentialSettings::Certificate {
+            private_key_file,
+            certificate_file,
+            thumbprint,
+        } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", p.display())))
+            };
+            let key = read(private_key_file)?;
+            let cert = match certificate_file {
+                Some(p) => Some(read(p)?),
+                None => None,
+            };
+            let credential = match (cert, thumbprint) {
+                (_, Some(t)) => CertificateCredential::from_pem_and_thumbprint(&key, t),
+                (cert, None) => CertificateCredential::from_pem(&key, cert.as_deref()),
+            }
+            .map_err(|e| fail(e.to_string()))?;
+            Arc::new(client(ClientCredential::Certificate(credential)))
+        }
+        CredentialSettings::WorkloadIdentity { token_file } => {
+            let mut env = WorkloadIdentityEnv::from_env();
+            if let Some(file) = token_file {
+                let mut e = env.unwrap_or(WorkloadIdentityEnv {
+                    client_id: None,
+                    tenant_id: None,
+                    token_file: file.clone(),
+                    authority_host: None,
+                });
+                e.token_file = file.clone();
+                env = Some(e);
+            }
+            let env = env.ok_or_else(|| {
+                fail("workload identity needs AZURE_FEDERATED_TOKEN_FILE (set by the AKS webhook) or credential.token_file".into())
+            })?;
+            Arc::new(
+                ClientCredentialsProvider::workload_identity(cloud, &bot.app_id, tenant, &env)
+                    .with_http_client(http.clone()),
+            )
+        }
+        CredentialSettings::ManagedIdentity {
+            client_id,
+            endpoint,
+        } => {
+            let source = match endpoint {
+                Some(endpoint) => ManagedIdentitySource::Imds {
+                    endpoint: endpoint.clone(),
+                },
+                None => ManagedIdentitySource::from_env(),
+            };
+            Arc::new(
+                ManagedIdentityProvider::new(
+                    cloud,
+                    Some(client_id.as_deref().unwrap_or(&bot.app_id)),
+                    source,
+                )
+                .with_http_client(http.clone()),
+            )
+        }
     })
 }
 
@@ -241,26 +323,15 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
             tenants: TenantPolicy::new(&b.allowed_tenants),
         });
         let id: Arc<str> = Arc::from(b.id.as_str());
-        let replier = b
-            .app_password
-            .as_ref()
-            .filter(|p| !p.is_empty())
-            .map(|password| {
-                let provider = ClientCredentialsProvider::new(
-                    &trust.cloud,
-                    &b.app_id,
-                    b.tenant_id.as_deref(),
-                    ClientCredential::Secret(password.clone()),
-                )
-                .with_http_client(outbound.token_http.clone());
-                let handle = outbound.tokens.register(Arc::new(provider));
-                let o = &settings.outbound;
-                let client = outbound.connector.bot(
-                    ConnectorBotSettings::new(
-                        &b.app_id,
-                        Arc::new(handle),
-                        trust.service_urls.clone(),
-                    )
+        let provider = match b.outbound_credential() {
+            Some(c) => Some(token_provider(b, &trust.cloud, &c, &outbound.token_http)?),
+            None => None,
+        };
+        let replier = provider.map(|provider| {
+            let handle = outbound.tokens.register(provider);
+            let o = &settings.outbound;
+            let client = outbound.connector.bot(
+                ConnectorBotSettings::new(&b.app_id, Arc::new(handle), trust.service_urls.clone())
                     .with_ambiguous(match b.ambiguous_send {
                         AmbiguousSend::Report => AmbiguousPolicy::ReportUnknown,
                         AmbiguousSend::Resend => AmbiguousPolicy::Resend,
@@ -271,13 +342,13 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
                         max_rate_limit_wait: Duration::from_millis(o.max_rate_limit_wait_ms),
                         ..RetryPolicy::default()
                     }),
-                );
-                Replier {
-                    bot_id: id.clone(),
-                    client,
-                    store: store.clone(),
-                }
-            });
+            );
+            Replier {
+                bot_id: id.clone(),
+                client,
+                store: store.clone(),
+            }
+        });
         bots.push(Bot {
             id: id.clone(),
             trust,

@@ -159,9 +159,13 @@ pub struct BotSettings {
     pub id: String,
     /// Microsoft App ID of the Azure Bot registration (the token audience).
     pub app_id: String,
-    /// Client secret, for replies and proactive messages.
+    /// Client secret, for replies and proactive messages (shorthand for
+    /// `credential = { kind = "secret", secret = "..." }`).
     #[serde(default)]
     pub app_password: Option<Secret>,
+    /// How the bot gets its Bot Connector tokens, when not by `app_password`.
+    #[serde(default)]
+    pub credential: Option<CredentialSettings>,
     /// The bot's Entra tenant for single-tenant bots (all new registrations);
     /// absent = multi-tenant.
     #[serde(default)]
@@ -181,6 +185,54 @@ pub struct BotSettings {
     /// Policy for a send that timed out after it left (see [`AmbiguousSend`]).
     #[serde(default)]
     pub ambiguous_send: AmbiguousSend,
+}
+
+/// A bot's outbound credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CredentialSettings {
+    /// Client secret.
+    Secret { secret: Secret },
+    /// Certificate: a client assertion signed with the private key (PEM, PKCS#1
+    /// or PKCS#8); `certificate_file` or `thumbprint` gives the `x5t` Entra
+    /// uses to find the registered certificate.
+    Certificate {
+        private_key_file: std::path::PathBuf,
+        #[serde(default)]
+        certificate_file: Option<std::path::PathBuf>,
+        #[serde(default)]
+        thumbprint: Option<String>,
+    },
+    /// AKS workload identity: the projected service-account token (re-read on
+    /// every exchange) as a federated client assertion. `token_file` defaults to
+    /// `AZURE_FEDERATED_TOKEN_FILE`; `AZURE_TENANT_ID` / `AZURE_AUTHORITY_HOST`
+    /// are honoured.
+    WorkloadIdentity {
+        #[serde(default)]
+        token_file: Option<std::path::PathBuf>,
+    },
+    /// Managed identity (user-assigned: `client_id`, default the bot's app id).
+    /// App Service when `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` are set, else IMDS;
+    /// `endpoint` overrides the IMDS URL.
+    ManagedIdentity {
+        #[serde(default)]
+        client_id: Option<String>,
+        #[serde(default)]
+        endpoint: Option<String>,
+    },
+}
+
+impl BotSettings {
+    /// The bot's outbound credential, `app_password` included.
+    pub fn outbound_credential(&self) -> Option<CredentialSettings> {
+        match (&self.credential, &self.app_password) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(p)) if !p.is_empty() => {
+                Some(CredentialSettings::Secret { secret: p.clone() })
+            }
+            _ => None,
+        }
+    }
 }
 
 fn default_cloud() -> String {
@@ -342,10 +394,16 @@ impl Settings {
                 b.handler,
                 HandlerSettings::Echo | HandlerSettings::NotifyOnly { .. }
             );
-            if replies && b.app_password.as_ref().is_none_or(Secret::is_empty) {
+            if b.credential.is_some() && b.app_password.is_some() {
+                return Err(invalid(
+                    key("credential"),
+                    "give either app_password or credential, not both",
+                ));
+            }
+            if replies && b.outbound_credential().is_none() {
                 return Err(invalid(
                     key("app_password"),
-                    "this bot's handler replies, which needs the bot's client secret",
+                    "this bot's handler replies, which needs app_password or a credential",
                 ));
             }
             if let HandlerSettings::Webhook { secret, .. } = &b.handler {
