@@ -13,25 +13,6 @@ const CERT_APP: &str = "00000000-0000-4000-8000-00000000ce47";
 const MI_APP: &str = "00000000-0000-4000-8000-0000000000f1";
 const WI_APP: &str = "00000000-0000-4000-8000-00000000a1c5";
 
-async fn post(url: String, body: Value) -> Value {
-    let r = http().post(url).json(&body).send().await.expect("post");
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{status}: {v}");
-    v
-}
-
-async fn get(url: String) -> Value {
-    http()
-        .get(url)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
-}
-
 /// Sends one message to `bot` as Teams would and returns what the connector got
 /// from `app` for that conversation, and the credential kinds of its token requests.
 async fn echo_round_trip(
@@ -40,7 +21,7 @@ async fn echo_round_trip(
     app: &str,
     conv: &str,
 ) -> (Vec<String>, Vec<String>) {
-    post(
+    post_json(
         format!("{sim}/_sim/conversations"),
         json!({"conversations": [{"id": conv, "tenantId": TENANT}]}),
     )
@@ -50,7 +31,7 @@ async fn echo_round_trip(
     msg["recipient"]["id"] = json!(format!("28:{app}"));
     let got = post_activity(&format!("{}/api/messages", bf.url()), Some(&token), &msg).await;
     assert_eq!(got.0, 200, "{}", got.1);
-    let acts = get(format!("{sim}/_sim/activities?conversation={conv}")).await;
+    let acts = get_json(format!("{sim}/_sim/activities?conversation={conv}")).await;
     let texts = acts["activities"]
         .as_array()
         .expect("list")
@@ -58,7 +39,7 @@ async fn echo_round_trip(
         .filter(|r| r["appId"] == app)
         .filter_map(|r| r["body"]["text"].as_str().map(str::to_owned))
         .collect();
-    let reqs = get(format!("{sim}/_sim/token-requests?clientId={app}")).await;
+    let reqs = get_json(format!("{sim}/_sim/token-requests?clientId={app}")).await;
     let kinds = reqs["requests"]
         .as_array()
         .expect("requests")
@@ -99,19 +80,19 @@ async fn certificate_workload_identity_and_managed_identity() {
         .to_public_key()
         .to_public_key_pem(LineEnding::LF)
         .expect("public pem");
-    post(
+    post_json(
         format!("{}/_sim/bots", sim.url),
         json!({"appId": CERT_APP, "certificatePem": public}),
     )
     .await;
 
     // workload identity: a federated token the sim issued, in the file AKS would project
-    let federated = post(
+    let federated = post_json(
         format!("{}/_sim/federated-token", sim.url),
         json!({"subject": "system:serviceaccount:bots:botfleet"}),
     )
     .await;
-    post(
+    post_json(
         format!("{}/_sim/bots", sim.url),
         json!({"appId": WI_APP, "federatedSubject": "system:serviceaccount:bots:botfleet"}),
     )
@@ -120,7 +101,7 @@ async fn certificate_workload_identity_and_managed_identity() {
     std::fs::write(&token_file, federated["token"].as_str().expect("token")).expect("write token");
 
     // managed identity: IMDS on the sim
-    post(format!("{}/_sim/bots", sim.url), json!({"appId": MI_APP})).await;
+    post_json(format!("{}/_sim/bots", sim.url), json!({"appId": MI_APP})).await;
 
     let config = format!(
         "{}{}{}{}",
@@ -223,7 +204,7 @@ handler = {{ kind = "echo" }}
     let convs: Vec<Value> = (0..10)
         .map(|i| json!({"id": format!("a:rep-{i}"), "tenantId": TENANT}))
         .collect();
-    post(
+    post_json(
         format!("{}/_sim/conversations", sim.url),
         json!({ "conversations": convs }),
     )
@@ -244,11 +225,11 @@ handler = {{ kind = "echo" }}
         .await;
         assert_eq!(got.0, 200, "{}", got.1);
     }
-    let reqs = get(format!("{}/_sim/token-requests?clientId={APP_ID}", sim.url)).await;
+    let reqs = get_json(format!("{}/_sim/token-requests?clientId={APP_ID}", sim.url)).await;
     let ok = reqs["requests"]
         .as_array()
         .map_or(0, |r| r.iter().filter(|r| r["status"] == 200).count());
     assert_eq!(ok, 1, "two replicas asked for {ok} tokens: {reqs}");
-    let acts = get(format!("{}/_sim/activities", sim.url)).await;
+    let acts = get_json(format!("{}/_sim/activities", sim.url)).await;
     assert_eq!(acts["activities"].as_array().map_or(0, Vec::len), 10);
 }

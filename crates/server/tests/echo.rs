@@ -30,27 +30,6 @@ handler = {{ kind = "echo" }}
     )
 }
 
-async fn get(url: String) -> Value {
-    http()
-        .get(url)
-        .send()
-        .await
-        .expect("sim inspection")
-        .json()
-        .await
-        .expect("json")
-}
-
-async fn register(sim: &str, conversations: Vec<Value>) {
-    let r = http()
-        .post(format!("{sim}/_sim/conversations"))
-        .json(&json!({ "conversations": conversations }))
-        .send()
-        .await
-        .expect("register");
-    assert!(r.status().is_success());
-}
-
 fn successful_token_requests(v: &Value, client: &str) -> usize {
     v["requests"]
         .as_array()
@@ -72,14 +51,11 @@ async fn thousand_messages_from_hundred_conversations_get_thousand_echoes() {
     let conversations: Vec<(String, String)> = (0..100)
         .map(|c| (format!("a:echo-conv-{c}"), tenants[c % 10].clone()))
         .collect();
-    register(
-        &sim.url,
-        conversations
-            .iter()
-            .map(|(id, t)| json!({"id": id, "tenantId": t}))
-            .collect(),
-    )
-    .await;
+    let pairs: Vec<(&str, &str)> = conversations
+        .iter()
+        .map(|(id, t)| (id.as_str(), t.as_str()))
+        .collect();
+    register(&sim.url, &pairs).await;
     let token = Arc::new(
         mint(
             &sim.url,
@@ -111,7 +87,7 @@ async fn thousand_messages_from_hundred_conversations_get_thousand_echoes() {
         statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
     );
 
-    let activities = get(format!("{}/_sim/activities", sim.url)).await;
+    let activities = get_json(format!("{}/_sim/activities", sim.url)).await;
     let echoed: Vec<String> = activities["activities"]
         .as_array()
         .expect("activities")
@@ -127,13 +103,13 @@ async fn thousand_messages_from_hundred_conversations_get_thousand_echoes() {
     assert_eq!(echoed.len(), 1000, "exactly one echo per message");
     assert_eq!(echoed.into_iter().collect::<BTreeSet<_>>(), sent);
 
-    let tokens = get(format!("{}/_sim/token-requests", sim.url)).await;
+    let tokens = get_json(format!("{}/_sim/token-requests", sim.url)).await;
     assert_eq!(
         successful_token_requests(&tokens, APP_ID),
         1,
         "one token for the whole run: {tokens}"
     );
-    let violations = get(format!("{}/_sim/violations", sim.url)).await;
+    let violations = get_json(format!("{}/_sim/violations", sim.url)).await;
     assert_eq!(
         violations["total"], 0,
         "Teams rate limits broken: {violations}"
@@ -144,22 +120,12 @@ async fn thousand_messages_from_hundred_conversations_get_thousand_echoes() {
 async fn a_blocked_conversation_is_deactivated_and_not_retried() {
     let sim = start_sim();
     let bf = start_botfleet(&echo_config(&sim.url, ""));
-    register(
+    register(&sim.url, &[("a:blocked", TENANT)]).await;
+    set_faults(
         &sim.url,
-        vec![json!({"id": "a:blocked", "tenantId": TENANT})],
+        json!({"conversations": [{"conversationId": "a:blocked", "status": 403, "code": "ConversationBlockedByUser"}]}),
     )
     .await;
-    let r = http()
-        .post(format!("{}/_sim/faults", sim.url))
-        .json(&json!({"conversations": [{"conversationId": "a:blocked", "status": 403, "code": "ConversationBlockedByUser"}]}))
-        .send()
-        .await
-        .expect("faults");
-    assert!(
-        r.status().is_success(),
-        "{}",
-        r.text().await.unwrap_or_default()
-    );
     let token = mint(
         &sim.url,
         json!({"appId": APP_ID, "serviceUrl": service_url(&sim.url)}),
@@ -173,7 +139,7 @@ async fn a_blocked_conversation_is_deactivated_and_not_retried() {
     .await;
     // the bot could not answer: logged and reported, never sent into the chat
     assert_eq!(got.0, 500, "{}", got.1);
-    let activities = get(format!(
+    let activities = get_json(format!(
         "{}/_sim/activities?conversation=a:blocked&all=true",
         sim.url
     ))

@@ -36,45 +36,6 @@ handler = {handler}
     )
 }
 
-async fn set_faults(sim: &str, faults: Value) {
-    let r = http()
-        .post(format!("{sim}/_sim/faults"))
-        .json(&faults)
-        .send()
-        .await
-        .expect("faults");
-    assert!(
-        r.status().is_success(),
-        "{}",
-        r.text().await.unwrap_or_default()
-    );
-}
-
-async fn get(url: String) -> Value {
-    http()
-        .get(url)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
-}
-
-async fn register(sim: &str, ids: &[&str]) {
-    let conversations: Vec<Value> = ids
-        .iter()
-        .map(|id| json!({"id": id, "tenantId": TENANT}))
-        .collect();
-    let r = http()
-        .post(format!("{sim}/_sim/conversations"))
-        .json(&json!({ "conversations": conversations }))
-        .send()
-        .await
-        .expect("register");
-    assert!(r.status().is_success());
-}
-
 async fn token(sim: &str) -> String {
     mint(
         sim,
@@ -84,7 +45,7 @@ async fn token(sim: &str) -> String {
 }
 
 async fn delivered_texts(sim: &str, conversation: &str) -> Vec<String> {
-    let v = get(format!("{sim}/_sim/activities?conversation={conversation}")).await;
+    let v = get_json(format!("{sim}/_sim/activities?conversation={conversation}")).await;
     v["activities"]
         .as_array()
         .map(|a| {
@@ -106,11 +67,8 @@ async fn transient_connector_errors_are_retried_until_delivered() {
         r#"{ kind = "echo" }"#,
     ));
     let convs: Vec<String> = (0..20).map(|i| format!("a:flaky-{i}")).collect();
-    register(
-        &sim.url,
-        &convs.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let pairs: Vec<(&str, &str)> = convs.iter().map(|c| (c.as_str(), TENANT)).collect();
+    register(&sim.url, &pairs).await;
     // 30 % of Bot Connector calls fail with 502 or 503
     set_faults(
         &sim.url,
@@ -128,7 +86,7 @@ async fn transient_connector_errors_are_retried_until_delivered() {
         .await;
         assert_eq!(got.0, 200, "{}", got.1);
     }
-    let stats = get(format!("{}/_sim/activities?all=true", sim.url)).await;
+    let stats = get_json(format!("{}/_sim/activities?all=true", sim.url)).await;
     let failed = stats["activities"]
         .as_array()
         .expect("list")
@@ -155,7 +113,7 @@ async fn a_500_is_reported_not_retried() {
         APP_SECRET,
         r#"{ kind = "echo" }"#,
     ));
-    register(&sim.url, &["a:five"]).await;
+    register(&sim.url, &[("a:five", TENANT)]).await;
     set_faults(&sim.url, json!({"failNext": 1, "failNextStatus": 500})).await;
     let t = token(&sim.url).await;
     let got = post_activity(
@@ -166,7 +124,7 @@ async fn a_500_is_reported_not_retried() {
     .await;
     assert_eq!(got.0, 500, "{}", got.1);
     assert_eq!(got.1["check"], "handler_failed");
-    let all = get(format!(
+    let all = get_json(format!(
         "{}/_sim/activities?conversation=a:five&all=true",
         sim.url
     ))
@@ -188,7 +146,7 @@ async fn a_429_with_retry_after_is_waited_out_and_delivered_once() {
         APP_SECRET,
         r#"{ kind = "echo" }"#,
     ));
-    register(&sim.url, &["a:throttled"]).await;
+    register(&sim.url, &[("a:throttled", TENANT)]).await;
     set_faults(
         &sim.url,
         json!({"failNext": 1, "failNextStatus": 429, "retryAfterSecs": 2}),
@@ -223,7 +181,7 @@ async fn a_403_deactivates_the_reference_without_retry() {
         APP_SECRET,
         r#"{ kind = "echo" }"#,
     ));
-    register(&sim.url, &["a:gone"]).await;
+    register(&sim.url, &[("a:gone", TENANT)]).await;
     set_faults(
         &sim.url,
         json!({"conversations": [{"conversationId": "a:gone", "status": 403, "code": "BotNotInConversationRoster"}]}),
@@ -237,7 +195,7 @@ async fn a_403_deactivates_the_reference_without_retry() {
     )
     .await;
     assert_eq!(got.0, 500, "{}", got.1);
-    let all = get(format!(
+    let all = get_json(format!(
         "{}/_sim/activities?conversation=a:gone&all=true",
         sim.url
     ))
@@ -273,7 +231,7 @@ async fn a_wrong_client_secret_is_surfaced_and_not_retried_in_a_loop() {
         "not-the-secret",
         r#"{ kind = "echo" }"#,
     ));
-    register(&sim.url, &["a:nosecret"]).await;
+    register(&sim.url, &[("a:nosecret", TENANT)]).await;
     let t = token(&sim.url).await;
     let url = format!("{}/api/messages", bf.url());
     for i in 0..3 {
@@ -285,7 +243,7 @@ async fn a_wrong_client_secret_is_surfaced_and_not_retried_in_a_loop() {
         .await;
         assert_eq!(got.0, 500, "{}", got.1);
     }
-    let requests = get(format!("{}/_sim/token-requests?clientId={APP_ID}", sim.url)).await;
+    let requests = get_json(format!("{}/_sim/token-requests?clientId={APP_ID}", sim.url)).await;
     let n = requests["requests"].as_array().map_or(0, Vec::len);
     assert!(n >= 1, "the token endpoint was never asked");
     assert!(
@@ -308,7 +266,7 @@ async fn token_endpoint_down_later_keeps_the_cached_token_serving() {
         APP_SECRET,
         r#"{ kind = "echo" }"#,
     ));
-    register(&sim.url, &["a:cached"]).await;
+    register(&sim.url, &[("a:cached", TENANT)]).await;
     let t = token(&sim.url).await;
     let url = format!("{}/api/messages", bf.url());
     assert_eq!(
@@ -338,7 +296,7 @@ async fn token_endpoint_down_at_start_recovers_when_it_comes_back() {
         APP_SECRET,
         r#"{ kind = "echo" }"#,
     ));
-    register(&sim.url, &["a:later"]).await;
+    register(&sim.url, &[("a:later", TENANT)]).await;
     let t = token(&sim.url).await;
     let url = format!("{}/api/messages", bf.url());
     let got = post_activity(&url, Some(&t), &message(&sim.url, "a:later", "l1", "first")).await;
@@ -426,7 +384,7 @@ async fn webhook_replies_invokes_and_failures() {
         r#"{{ kind = "webhook", url = "{hook}", secret = "{secret}", timeout_ms = 1000 }}"#
     );
     let bf = start_botfleet(&config(&sim.url, &prefix, APP_SECRET, &handler));
-    register(&sim.url, &["a:hook"]).await;
+    register(&sim.url, &[("a:hook", TENANT)]).await;
     let t = token(&sim.url).await;
     let url = format!("{}/api/messages", bf.url());
 

@@ -186,3 +186,42 @@ pub async fn post_activity(url: &str, token: Option<&str>, activity: &Value) -> 
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// GET a JSON document (the sim's inspection API).
+pub async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON answer")
+}
+
+/// POST JSON and insist on a 2xx answer (the sim's control API).
+pub async fn post_json(url: impl reqwest::IntoUrl, body: Value) -> Value {
+    let resp = http().post(url).json(&body).send().await.expect("POST");
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{status}: {v}");
+    v
+}
+
+/// Registers conversations (id, tenant) with the sim's Bot Connector.
+pub async fn register(sim: &str, conversations: &[(&str, &str)]) {
+    let list: Vec<Value> = conversations
+        .iter()
+        .map(|(id, tenant)| json!({"id": id, "tenantId": tenant}))
+        .collect();
+    post_json(
+        format!("{sim}/_sim/conversations"),
+        json!({ "conversations": list }),
+    )
+    .await;
+}
+
+/// Replaces the sim's fault configuration.
+pub async fn set_faults(sim: &str, faults: Value) {
+    post_json(format!("{sim}/_sim/faults"), faults).await;
+}
