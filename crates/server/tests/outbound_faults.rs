@@ -431,3 +431,37 @@ async fn webhook_replies_invokes_and_failures() {
         "botfleet's signature did not verify"
     );
 }
+
+#[actix_web::test]
+async fn slow_bot_logic_never_holds_the_answer_past_the_deadline() {
+    let sim = start_sim();
+    let secret = "webhook-secret-0123456789";
+    let (hook, _) = start_webhook(secret).await;
+    let prefix = testing::unique_prefix("deadline");
+    let handler = format!(
+        r#"{{ kind = "webhook", url = "{hook}", secret = "{secret}", timeout_ms = 5000 }}"#
+    );
+    let config = config(&sim.url, &prefix, APP_SECRET, &handler)
+        .replace("handler_deadline_ms = 8000", "handler_deadline_ms = 300");
+    let bf = start_botfleet(&config);
+    register(&sim.url, &[("a:slow", TENANT)]).await;
+    let t = token(&sim.url).await;
+    let url = format!("{}/api/messages", bf.url());
+    let started = Instant::now();
+    let got = post_activity(&url, Some(&t), &message(&sim.url, "a:slow", "d1", "hang")).await;
+    assert_eq!(
+        got.0, 202,
+        "a message past the deadline is accepted, not failed: {}",
+        got.1
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answer waited on the webhook"
+    );
+    let mut invoke = message(&sim.url, "a:slow2", "d2", "hang");
+    invoke["type"] = json!("invoke");
+    register(&sim.url, &[("a:slow2", TENANT)]).await;
+    let got = post_activity(&url, Some(&t), &invoke).await;
+    assert_eq!(got.0, 504, "{}", got.1);
+    assert_eq!(got.1["check"], "handler_deadline");
+}
