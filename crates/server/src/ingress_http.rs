@@ -42,6 +42,13 @@ async fn handle(
         Ok(resp) => resp,
         Err(problem) => {
             state.count_rejection(problem.check);
+            // Debug, not warn: rejections are what an attacker controls the rate of.
+            tracing::debug!(
+                check = problem.check,
+                status = problem.status,
+                detail = %problem.detail,
+                "activity refused"
+            );
             problem.response()
         }
     }

@@ -15,17 +15,29 @@ pub const OTHER_APP_ID: &str = "00000000-0000-4000-8000-0000000000b2";
 pub const TENANT: &str = "11111111-1111-4111-8111-111111111111";
 pub const OTHER_TENANT: &str = "22222222-2222-4222-8222-222222222222";
 
-/// A child process killed when dropped, even when the test panics.
+/// A child process killed when dropped, even when the test panics. Its stderr
+/// goes to a file (`log`), shown when the test fails.
 pub struct Proc {
     pub child: Child,
     pub url: String,
     pub name: &'static str,
+    pub log: tempfile::NamedTempFile,
+}
+
+impl Proc {
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.log_text());
+        }
     }
 }
 
@@ -49,7 +61,9 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 /// Starts a process that prints `{"ready":true,"url":...}` on stdout when ready.
 fn start_ready(name: &'static str, mut cmd: Command) -> Proc {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let stderr = log.reopen().expect("log file handle");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::from(stderr));
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -72,7 +86,12 @@ fn start_ready(name: &'static str, mut cmd: Command) -> Proc {
             panic!("{name} did not report ready within 30 s");
         }
     };
-    Proc { child, url, name }
+    Proc {
+        child,
+        url,
+        name,
+        log,
+    }
 }
 
 pub fn start_sim() -> Proc {
@@ -127,7 +146,7 @@ pub fn start_botfleet(toml: &str) -> Botfleet {
     cmd.args(["serve", "--config"])
         .arg(config.path())
         .env("BOTFLEET__SERVER__LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "debug");
     let proc = start_ready("botfleet", cmd);
     Botfleet { proc, config }
 }
