@@ -41,3 +41,19 @@ wait_redis() {
   done
   echo "redis on port $1 did not start" >&2; return 1
 }
+
+# Cargo's target directory (honours CARGO_TARGET_DIR and .cargo/config).
+target_dir() {
+  cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
+# The URL in the `{"ready":true,"url":...}` line a botfleet or botfleet-sim
+# process prints, waiting up to 30 s; fails with the process's log otherwise.
+ready_url() { # stdout-file stderr-file
+  for _ in $(seq 300); do grep -q '"ready":true' "$1" 2>/dev/null && break; sleep 0.1; done
+  if ! grep -q '"ready":true' "$1" 2>/dev/null; then
+    echo "no ready line in $1 after 30 s; its log:" >&2; cat "$2" >&2 2>/dev/null; return 1
+  fi
+  python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["url"])' "$1"
+}

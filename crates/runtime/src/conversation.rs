@@ -50,6 +50,9 @@ pub struct ConversationActor {
     stored_at: Option<Instant>,
     /// Rewrite an unchanged reference this often, to keep `last_seen` meaningful.
     touch_interval: Duration,
+    /// How long a claimed activity id stays claimed in the store; `None` leaves
+    /// duplicate detection to this actor's memory (one replica).
+    claim_ttl: Option<Duration>,
     seen: VecDeque<String>,
     seen_set: HashSet<String>,
     counters: Arc<Counters>,
@@ -60,6 +63,7 @@ impl ConversationActor {
         bot: Arc<Bot>,
         conversation_id: String,
         touch_interval: Duration,
+        claim_ttl: Option<Duration>,
         counters: Arc<Counters>,
     ) -> Self {
         Self {
@@ -68,6 +72,7 @@ impl ConversationActor {
             stored: None,
             stored_at: None,
             touch_interval,
+            claim_ttl,
             seen: VecDeque::new(),
             seen_set: HashSet::new(),
             counters,
@@ -161,40 +166,66 @@ impl Handler<Deliver> for ConversationActor {
         let counters = self.counters.clone();
         // ctx.wait: the next activity of this conversation waits until this one
         // is done, which is what keeps them in arrival order.
+        let claim_ttl = self.claim_ttl;
+        let claim_id = activity_id.clone().filter(|_| claim_ttl.is_some());
         let work = async move {
             let store = &bot.store;
-            if deactivate {
-                store
-                    .deactivate(
-                        &bot.id,
-                        &conversation_id,
-                        deactivation_reason(&turn),
-                        now_ms(),
-                    )
+            let store_err =
+                |e: botfleet_store::conversations::StoreError| TurnError::Store(e.to_string());
+            // Teams resends to whichever replica the load balancer picks: the
+            // claim in the shared store is what makes a resend a duplicate there too.
+            if let (Some(id), Some(ttl)) = (&claim_id, claim_ttl) {
+                if !store
+                    .claim_activity(&bot.id, &conversation_id, id, ttl)
                     .await
-                    .map_err(|e| TurnError::Store(e.to_string()))?;
-                counters.deactivated();
-            }
-            let written = match write {
-                Some(reference) => {
-                    store
-                        .upsert(&bot.id, &reference, now_ms())
-                        .await
-                        .map_err(|e| TurnError::Store(e.to_string()))?;
-                    counters.reference_written();
-                    Some(reference)
+                    .map_err(store_err)?
+                {
+                    return Ok((None, Ok(TurnOutcome::Duplicate)));
                 }
-                None => None,
-            };
-            let handled = AssertUnwindSafe(bot.handler.on_turn(&turn))
-                .catch_unwind()
-                .await;
-            let outcome = match handled {
-                Ok(Ok(outcome)) => Ok(TurnOutcome::Handled(outcome)),
-                Ok(Err(e)) => Err(TurnError::Handler(e.to_string())),
-                Err(_) => Err(TurnError::HandlerPanicked),
-            };
-            Ok::<_, TurnError>((written, outcome))
+            }
+            let result = async {
+                if deactivate {
+                    store
+                        .deactivate(
+                            &bot.id,
+                            &conversation_id,
+                            deactivation_reason(&turn),
+                            now_ms(),
+                        )
+                        .await
+                        .map_err(store_err)?;
+                    counters.deactivated();
+                }
+                let written = match write {
+                    Some(reference) => {
+                        store
+                            .upsert(&bot.id, &reference, now_ms())
+                            .await
+                            .map_err(store_err)?;
+                        counters.reference_written();
+                        Some(reference)
+                    }
+                    None => None,
+                };
+                let handled = AssertUnwindSafe(bot.handler.on_turn(&turn))
+                    .catch_unwind()
+                    .await;
+                let outcome = match handled {
+                    Ok(Ok(outcome)) => Ok(TurnOutcome::Handled(outcome)),
+                    Ok(Err(e)) => Err(TurnError::Handler(e.to_string())),
+                    Err(_) => Err(TurnError::HandlerPanicked),
+                };
+                Ok::<_, TurnError>((written, outcome))
+            }
+            .await;
+            let failed = !matches!(&result, Ok((_, Ok(_))));
+            if let (true, Some(id)) = (failed, &claim_id) {
+                // Not handled: give the claim back so Teams' resend gets a chance.
+                if let Err(e) = store.release_activity(&bot.id, &conversation_id, id).await {
+                    tracing::warn!(bot = %bot.id, error = %e, "could not release the claim of an unhandled activity; its resend will be dropped until the claim expires");
+                }
+            }
+            result
         };
         let id_for_retry = activity_id;
         ctx.wait(work.into_actor(self).map(move |result, act, _| {
@@ -217,7 +248,7 @@ impl Handler<Deliver> for ConversationActor {
                 Ok(TurnOutcome::Handled(HandlerOutcome::Invoke(_) | HandlerOutcome::Done)) => {
                     act.counters.handled()
                 }
-                Ok(TurnOutcome::Duplicate) => {}
+                Ok(TurnOutcome::Duplicate) => act.counters.duplicate(),
                 Err(e) => {
                     act.counters.failed();
                     tracing::warn!(bot = %act.bot.id, error = %e, "activity not handled");

@@ -49,6 +49,10 @@ pub struct RuntimeConfig {
     pub tenant_idle: Duration,
     /// An unchanged reference is written again after this long, so `last_seen` moves.
     pub reference_touch_interval: Duration,
+    /// How long a handled activity id is remembered in the store, so that Teams'
+    /// resend is dropped by whichever replica gets it; `None` keeps only each
+    /// conversation actor's memory (enough for one replica).
+    pub duplicate_window: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -60,6 +64,7 @@ impl Default for RuntimeConfig {
             conversation_idle: Duration::from_secs(300),
             tenant_idle: Duration::from_secs(600),
             reference_touch_interval: Duration::from_secs(3600),
+            duplicate_window: Some(Duration::from_secs(600)),
         }
     }
 }

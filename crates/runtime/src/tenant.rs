@@ -110,6 +110,7 @@ impl TenantActor {
             self.bot.clone(),
             conversation_id.to_owned(),
             self.config.reference_touch_interval,
+            self.config.duplicate_window,
             self.counters.clone(),
         )
         .start()

@@ -103,6 +103,28 @@ impl ConversationStore for Flaky {
     async fn count(&self, bot_id: &str, tenant_id: Option<&str>) -> Result<Counts, StoreError> {
         self.inner.count(bot_id, tenant_id).await
     }
+    async fn claim_activity(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        activity_id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner
+            .claim_activity(bot_id, conversation_id, activity_id, ttl)
+            .await
+    }
+    async fn release_activity(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        activity_id: &str,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .release_activity(bot_id, conversation_id, activity_id)
+            .await
+    }
 }
 
 struct Fixture {

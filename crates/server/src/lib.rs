@@ -394,6 +394,8 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
             conversation_idle: Duration::from_secs(rt.conversation_idle_secs),
             tenant_idle: Duration::from_secs(rt.tenant_idle_secs),
             reference_touch_interval: Duration::from_secs(rt.reference_touch_secs),
+            duplicate_window: (rt.duplicate_window_secs > 0)
+                .then(|| Duration::from_secs(rt.duplicate_window_secs)),
         },
         validator,
         registry,

@@ -138,6 +138,9 @@ pub struct RuntimeSettings {
     pub tenant_idle_secs: u64,
     /// Rewrite an unchanged conversation reference after this long (last_seen).
     pub reference_touch_secs: u64,
+    /// Handled activity ids are claimed in the store for this long, so Teams'
+    /// resend is dropped on whichever replica it lands; 0 = per-replica memory only.
+    pub duplicate_window_secs: u64,
 }
 
 impl Default for RuntimeSettings {
@@ -148,6 +151,7 @@ impl Default for RuntimeSettings {
             conversation_idle_secs: 300,
             tenant_idle_secs: 600,
             reference_touch_secs: 3600,
+            duplicate_window_secs: 600,
         }
     }
 }

@@ -150,3 +150,39 @@ async fn a_blocked_conversation_is_deactivated_and_not_retried() {
         "a permanent 403 must not be retried: {activities}"
     );
 }
+
+#[actix_web::test]
+async fn a_resend_to_another_replica_is_not_handled_twice() {
+    use botfleet_store::redis_pool::testing;
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("resend");
+    let store = format!(
+        "[store]\nbackend = \"redis\"\nredis_urls = [\"{}\"]\nkey_prefix = \"{prefix}\"\n",
+        testing::single_url()
+    );
+    let config = format!("{store}{}", echo_config(&sim.url, ""));
+    let a = start_botfleet(&config);
+    let b = start_botfleet(&config);
+    register(&sim.url, &[("a:resent", TENANT)]).await;
+    let token = mint(
+        &sim.url,
+        json!({"appId": APP_ID, "serviceUrl": service_url(&sim.url)}),
+    )
+    .await;
+    let msg = message(&sim.url, "a:resent", "same-id", "only once");
+    for replica in [&a, &b, &a] {
+        let got = post_activity(
+            &format!("{}/api/messages", replica.url()),
+            Some(&token),
+            &msg,
+        )
+        .await;
+        assert_eq!(got.0, 200, "{}", got.1);
+    }
+    let acts = get_json(format!("{}/_sim/activities?conversation=a:resent", sim.url)).await;
+    assert_eq!(
+        acts["activities"].as_array().map_or(0, Vec::len),
+        1,
+        "{acts}"
+    );
+}

@@ -362,6 +362,50 @@ async fn bots_are_isolated(store: &dyn ConversationStore) {
     assert!(store.get("b", "same").await.expect("get").is_none());
 }
 
+async fn activity_claims(store: &dyn ConversationStore) {
+    use std::time::Duration;
+    let ttl = Duration::from_millis(400);
+    assert!(store
+        .claim_activity("bot", "c", "a1", ttl)
+        .await
+        .expect("claim"));
+    assert!(
+        !store
+            .claim_activity("bot", "c", "a1", ttl)
+            .await
+            .expect("claim"),
+        "second claim won"
+    );
+    // other ids, conversations and bots are independent
+    assert!(store
+        .claim_activity("bot", "c", "a2", ttl)
+        .await
+        .expect("claim"));
+    assert!(store
+        .claim_activity("bot", "c2", "a1", ttl)
+        .await
+        .expect("claim"));
+    assert!(store
+        .claim_activity("bot2", "c", "a1", ttl)
+        .await
+        .expect("claim"));
+    // released: claimable again (a failed turn gives Teams' resend a chance)
+    store
+        .release_activity("bot", "c", "a2")
+        .await
+        .expect("release");
+    assert!(store
+        .claim_activity("bot", "c", "a2", ttl)
+        .await
+        .expect("claim"));
+    // expired: claimable again
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(store
+        .claim_activity("bot", "c", "a1", ttl)
+        .await
+        .expect("claim"));
+}
+
 macro_rules! suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -390,6 +434,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn bots_are_isolated() {
                 super::bots_are_isolated(&$make).await;
+            }
+            #[tokio::test]
+            async fn activity_claims() {
+                super::activity_claims(&$make).await;
             }
         }
     };

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use botfleet_protocol::ConversationReference;
@@ -24,7 +25,13 @@ struct BotConversations {
 #[derive(Default)]
 pub struct MemoryConversationStore {
     bots: RwLock<HashMap<String, BotConversations>>,
+    /// Claimed activities: (bot, conversation, activity id) -> claim expiry.
+    claims: parking_lot::Mutex<HashMap<(String, String, String), Instant>>,
 }
+
+/// Claims are swept when the map grows past this, so memory stays bounded by
+/// the activities of the last `ttl`.
+const CLAIM_SWEEP_AT: usize = 4096;
 
 impl MemoryConversationStore {
     pub fn new() -> Self {
@@ -206,5 +213,45 @@ impl ConversationStore for MemoryConversationStore {
                 .for_each(|c| tally(c, &mut n)),
         }
         Ok(n)
+    }
+
+    async fn claim_activity(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        activity_id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut claims = self.claims.lock();
+        if claims.len() >= CLAIM_SWEEP_AT {
+            claims.retain(|_, until| *until > now);
+        }
+        let key = (
+            bot_id.to_owned(),
+            conversation_id.to_owned(),
+            activity_id.to_owned(),
+        );
+        match claims.get(&key) {
+            Some(until) if *until > now => Ok(false),
+            _ => {
+                claims.insert(key, now + ttl);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_activity(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        activity_id: &str,
+    ) -> Result<(), StoreError> {
+        self.claims.lock().remove(&(
+            bot_id.to_owned(),
+            conversation_id.to_owned(),
+            activity_id.to_owned(),
+        ));
+        Ok(())
     }
 }

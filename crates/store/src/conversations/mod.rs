@@ -124,6 +124,26 @@ pub trait ConversationStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     async fn count(&self, bot_id: &str, tenant_id: Option<&str>) -> Result<Counts, StoreError>;
+
+    /// Claims the handling of one inbound activity, so that Teams' resend of it
+    /// (which may reach another replica) is not handled twice. True for the first
+    /// claim within `ttl`, false for every later one.
+    async fn claim_activity(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        activity_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a claim back after the activity could not be handled, so Teams'
+    /// resend gets another chance.
+    async fn release_activity(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        activity_id: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// The tenant a reference is filed under (empty ids count as none).

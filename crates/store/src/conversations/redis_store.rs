@@ -15,6 +15,7 @@
 //! | `<P>:bf1:conv:{<bot>}:ids` | ZSET | every conversation id, score 0 (lexicographic order) |
 //! | `<P>:bf1:conv:{<bot>}:tenant:<tenant>` | ZSET | the conversation ids of one tenant, score 0 |
 //! | `<P>:bf1:conv:{<bot>}:counts` | HASH | `total`, `active`, `t:<tenant>:total`, `t:<tenant>:active` |
+//! | `<P>:bf1:seen:<bot>:<conversation>:<activity id>` | STRING | claim of one inbound activity (`SET NX PX`), no hash tag: single-key, spread over the cluster |
 //!
 //! - get by id: one script reading `refs` and `meta` (one round trip);
 //! - list by bot / by tenant: `ZRANGEBYLEX` after the cursor's id on `ids` /
@@ -227,6 +228,18 @@ impl RedisConversationStore {
         }
     }
 
+    /// One key per claimed activity, without a hash tag: claims are single-key
+    /// operations, so they spread over the whole cluster.
+    fn claim_key(&self, bot_id: &str, conversation_id: &str, activity_id: &str) -> String {
+        format!(
+            "{}{KEY_SCHEMA}:seen:{}:{}:{}",
+            self.prefix,
+            escape(bot_id),
+            escape(conversation_id),
+            escape(activity_id)
+        )
+    }
+
     async fn conn(&self) -> Result<RedisConn, StoreError> {
         self.pool
             .get()
@@ -427,5 +440,41 @@ impl ConversationStore for RedisConversationStore {
             total: n(total),
             active: n(active),
         })
+    }
+
+    async fn claim_activity(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        activity_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.claim_key(bot_id, conversation_id, activity_id))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
+
+    async fn release_activity(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        activity_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.claim_key(bot_id, conversation_id, activity_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
