@@ -53,6 +53,9 @@ pub struct RuntimeConfig {
     /// resend is dropped by whichever replica gets it; `None` keeps only each
     /// conversation actor's memory (enough for one replica).
     pub duplicate_window: Option<Duration>,
+    /// Most activities per second one tenant may send one bot through this
+    /// replica; more are answered 429. `None`: no quota.
+    pub tenant_activities_per_sec: Option<u32>,
 }
 
 impl Default for RuntimeConfig {
@@ -65,6 +68,7 @@ impl Default for RuntimeConfig {
             tenant_idle: Duration::from_secs(600),
             reference_touch_interval: Duration::from_secs(3600),
             duplicate_window: Some(Duration::from_secs(600)),
+            tenant_activities_per_sec: None,
         }
     }
 }
@@ -89,6 +93,8 @@ pub enum TurnError {
     HandlerPanicked,
     #[error("botfleet is overloaded for this conversation or tenant; retry later")]
     Busy,
+    #[error("this tenant sent more than its quota of {0} activities per second to this bot")]
+    TenantQuota(u32),
 }
 
 #[derive(Debug, Error)]

@@ -15,6 +15,7 @@ pub struct Counters {
     pub tenant_actors: AtomicI64,
     pub tenant_actors_started_total: AtomicU64,
     pub actor_restarts: AtomicU64,
+    pub tenant_quota_refusals: AtomicU64,
 }
 
 impl Counters {
@@ -46,6 +47,9 @@ impl Counters {
     }
     pub(crate) fn tenant_actors_stopped(&self) {
         self.tenant_actors.fetch_sub(1, Relaxed);
+    }
+    pub(crate) fn tenant_quota_refused(&self) {
+        self.tenant_quota_refusals.fetch_add(1, Relaxed);
     }
     pub(crate) fn restarted(&self) {
         self.actor_restarts.fetch_add(1, Relaxed);

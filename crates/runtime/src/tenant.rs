@@ -48,6 +48,7 @@ impl TenantDirectory {
             counters.restarted();
         }
         let actor = TenantActor {
+            recent: std::collections::VecDeque::new(),
             key: key.clone(),
             bot: bot.clone(),
             conversations: HashMap::new(),
@@ -94,6 +95,8 @@ struct ConversationEntry {
 }
 
 pub struct TenantActor {
+    /// Arrival times within the last second, for the tenant quota.
+    recent: std::collections::VecDeque<Instant>,
     key: TenantKey,
     bot: Arc<Bot>,
     conversations: HashMap<String, ConversationEntry>,
@@ -160,8 +163,25 @@ impl Handler<Route> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, msg: Route, _: &mut Self::Context) {
-        self.activities += 1;
         let now = Instant::now();
+        if let Some(limit) = self.config.tenant_activities_per_sec {
+            // Sliding one-second window: a tenant flooding one bot is refused
+            // here, before it costs a conversation actor or a store write.
+            while self
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+            {
+                self.recent.pop_front();
+            }
+            if self.recent.len() >= limit as usize {
+                self.counters.tenant_quota_refused();
+                let _ = msg.done.send(Err(TurnError::TenantQuota(limit)));
+                return;
+            }
+            self.recent.push_back(now);
+        }
+        self.activities += 1;
         self.last_activity = now;
         let conversation_id = msg
             .turn

@@ -402,3 +402,36 @@ async fn idle_actors_are_stopped_and_come_back_on_demand() {
         1
     );
 }
+
+#[actix::test]
+async fn a_tenant_over_its_quota_is_refused_before_any_conversation() {
+    let f = fixture(RuntimeConfig {
+        tenant_activities_per_sec: Some(5),
+        ..quick()
+    });
+    let pending: Vec<_> = (0..8)
+        .map(|i| f.shared.route(&f.bot, turn(&format!("q{i}"), "1", "m19")))
+        .collect();
+    let mut refused = 0;
+    for rx in pending {
+        match rx.await.expect("an outcome") {
+            Ok(TurnOutcome::Handled(_)) => {}
+            Err(TurnError::TenantQuota(5)) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(refused, 3);
+    assert_eq!(
+        f.shared
+            .counters
+            .conversation_actors
+            .load(Ordering::Relaxed),
+        5
+    );
+    // a second later the tenant has its quota back
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert!(matches!(
+        f.run(turn("q9", "1", "m19")).await,
+        Ok(TurnOutcome::Handled(_))
+    ));
+}

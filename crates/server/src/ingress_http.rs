@@ -202,6 +202,7 @@ async fn accept(
         Processed::Finished(Err(e)) => Err(match e {
             TurnError::Store(_) => Problem::new(503, "store_unavailable", e.to_string()),
             TurnError::Busy => Problem::new(503, "busy", e.to_string()),
+            TurnError::TenantQuota(_) => Problem::new(429, "tenant_quota", e.to_string()),
             TurnError::Handler(_) | TurnError::HandlerPanicked => Problem::new(
                 500,
                 "handler_failed",

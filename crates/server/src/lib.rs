@@ -396,6 +396,8 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
             reference_touch_interval: Duration::from_secs(rt.reference_touch_secs),
             duplicate_window: (rt.duplicate_window_secs > 0)
                 .then(|| Duration::from_secs(rt.duplicate_window_secs)),
+            tenant_activities_per_sec: (rt.tenant_activities_per_sec > 0)
+                .then_some(rt.tenant_activities_per_sec),
         },
         validator,
         registry,

@@ -141,6 +141,9 @@ pub struct RuntimeSettings {
     /// Handled activity ids are claimed in the store for this long, so Teams'
     /// resend is dropped on whichever replica it lands; 0 = per-replica memory only.
     pub duplicate_window_secs: u64,
+    /// Most activities per second one tenant may send one bot through one
+    /// replica (429 beyond); 0 = no quota.
+    pub tenant_activities_per_sec: u32,
 }
 
 impl Default for RuntimeSettings {
@@ -152,6 +155,7 @@ impl Default for RuntimeSettings {
             tenant_idle_secs: 600,
             reference_touch_secs: 3600,
             duplicate_window_secs: 600,
+            tenant_activities_per_sec: 0,
         }
     }
 }

@@ -451,3 +451,30 @@ async fn key_rotation_is_picked_up_on_unknown_kid() {
     let got = post_activity(&e.endpoint(), Some(&after), &msg).await;
     assert_problem(&got, 401, "unknown_key");
 }
+
+#[actix_web::test]
+async fn a_tenant_over_its_quota_gets_429() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("quota");
+    let toml = config(&sim.url, &prefix, "").replace(
+        "[auth]",
+        "[runtime]\ntenant_activities_per_sec = 2\n\n[auth]",
+    );
+    let bf = start_botfleet(&toml);
+    let token = mint(
+        &sim.url,
+        json!({"appId": APP_ID, "serviceUrl": service_url(&sim.url)}),
+    )
+    .await;
+    let url = format!("{}/api/messages", bf.url());
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let msg = message(&sim.url, &format!("a:quota-{i}"), "1", "hi");
+        let got = post_activity(&url, Some(&token), &msg).await;
+        if got.0 == 429 {
+            assert_eq!(got.1["check"], "tenant_quota");
+        }
+        statuses.push(got.0);
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 429]);
+}
