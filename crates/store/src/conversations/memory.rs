@@ -25,13 +25,34 @@ struct BotConversations {
 #[derive(Default)]
 pub struct MemoryConversationStore {
     bots: RwLock<HashMap<String, BotConversations>>,
-    /// Claimed activities: (bot, conversation, activity id) -> claim expiry.
-    claims: parking_lot::Mutex<HashMap<(String, String, String), Instant>>,
+    claims: parking_lot::Mutex<Claims>,
 }
 
-/// Claims are swept when the map grows past this, so memory stays bounded by
-/// the activities of the last `ttl`.
-const CLAIM_SWEEP_AT: usize = 4096;
+/// A claim is known by a keyed 64-bit hash of (bot, conversation, activity id):
+/// 16 bytes a claim instead of three strings, and the per-process random key
+/// keeps senders from aiming collisions at other activities.
+type ClaimKey = u64;
+
+/// Claimed activities -> expiry, plus the order they were claimed in, so
+/// expired and excess claims leave in O(1).
+#[derive(Default)]
+struct Claims {
+    hasher: std::collections::hash_map::RandomState,
+    until: HashMap<ClaimKey, Instant>,
+    order: std::collections::VecDeque<(ClaimKey, Instant)>,
+}
+
+impl Claims {
+    fn key(&self, bot_id: &str, conversation_id: &str, activity_id: &str) -> ClaimKey {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((bot_id, conversation_id, activity_id))
+    }
+}
+
+/// At most this many claims are kept. One process only needs them to outlive
+/// its conversation actors' own memory of recent ids; at 30,000 activities/s
+/// this still covers the seconds in which Teams resends.
+const MAX_CLAIMS: usize = 200_000;
 
 impl MemoryConversationStore {
     pub fn new() -> Self {
@@ -224,21 +245,25 @@ impl ConversationStore for MemoryConversationStore {
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut claims = self.claims.lock();
-        if claims.len() >= CLAIM_SWEEP_AT {
-            claims.retain(|_, until| *until > now);
-        }
-        let key = (
-            bot_id.to_owned(),
-            conversation_id.to_owned(),
-            activity_id.to_owned(),
-        );
-        match claims.get(&key) {
-            Some(until) if *until > now => Ok(false),
-            _ => {
-                claims.insert(key, now + ttl);
-                Ok(true)
+        let key = claims.key(bot_id, conversation_id, activity_id);
+        let Claims { until, order, .. } = &mut *claims;
+        while let Some((key, at)) = order.front() {
+            if *at > now && order.len() < MAX_CLAIMS {
+                break;
             }
+            // Only drop the map entry if it is this claim (not a newer one of the same key).
+            if until.get(key) == Some(at) {
+                until.remove(key);
+            }
+            order.pop_front();
         }
+        if until.get(&key).is_some_and(|at| *at > now) {
+            return Ok(false);
+        }
+        let at = now + ttl;
+        until.insert(key, at);
+        order.push_back((key, at));
+        Ok(true)
     }
 
     async fn release_activity(
@@ -247,11 +272,9 @@ impl ConversationStore for MemoryConversationStore {
         conversation_id: &str,
         activity_id: &str,
     ) -> Result<(), StoreError> {
-        self.claims.lock().remove(&(
-            bot_id.to_owned(),
-            conversation_id.to_owned(),
-            activity_id.to_owned(),
-        ));
+        let mut claims = self.claims.lock();
+        let key = claims.key(bot_id, conversation_id, activity_id);
+        claims.until.remove(&key);
         Ok(())
     }
 }
