@@ -278,3 +278,35 @@ impl ConversationStore for MemoryConversationStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn claims_stay_bounded() {
+        let store = MemoryConversationStore::new();
+        let ttl = Duration::from_secs(600);
+        for i in 0..MAX_CLAIMS + 10 {
+            assert!(store
+                .claim_activity("b", "c", &i.to_string(), ttl)
+                .await
+                .expect("claim"));
+        }
+        {
+            let claims = store.claims.lock();
+            assert!(claims.until.len() <= MAX_CLAIMS);
+            assert!(claims.order.len() <= MAX_CLAIMS);
+        }
+        // the oldest claims made room; the newest still hold
+        assert!(store
+            .claim_activity("b", "c", "0", ttl)
+            .await
+            .expect("claim"));
+        let newest = (MAX_CLAIMS + 9).to_string();
+        assert!(!store
+            .claim_activity("b", "c", &newest, ttl)
+            .await
+            .expect("claim"));
+    }
+}
