@@ -416,6 +416,91 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
+/// Prometheus text exposition of the runtime's counters. Labels stay
+/// low-cardinality: the failed check, never a bot, tenant or conversation.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = state.runtime.counters();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: i64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    let n = |v: &std::sync::atomic::AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
+    metric(
+        "botfleet_activities_handled_total",
+        "counter",
+        "Activities the bot handler completed.",
+        n(&c.activities_handled),
+    );
+    metric(
+        "botfleet_activities_failed_total",
+        "counter",
+        "Validated activities whose handling failed (store, handler, overload).",
+        n(&c.activities_failed),
+    );
+    metric(
+        "botfleet_activities_duplicate_total",
+        "counter",
+        "Resent activities dropped as duplicates.",
+        n(&c.duplicates_dropped),
+    );
+    metric(
+        "botfleet_references_written_total",
+        "counter",
+        "Conversation reference writes.",
+        n(&c.references_written),
+    );
+    metric(
+        "botfleet_references_deactivated_total",
+        "counter",
+        "Conversation references marked inactive on uninstall or removal.",
+        n(&c.references_deactivated),
+    );
+    metric(
+        "botfleet_tenant_quota_refusals_total",
+        "counter",
+        "Activities refused by the per-tenant quota.",
+        n(&c.tenant_quota_refusals),
+    );
+    metric(
+        "botfleet_actor_restarts_total",
+        "counter",
+        "Tenant or conversation actors started again after dying.",
+        n(&c.actor_restarts),
+    );
+    metric(
+        "botfleet_conversation_actors",
+        "gauge",
+        "Live conversation actors.",
+        c.conversation_actors.load(Relaxed),
+    );
+    metric(
+        "botfleet_tenant_actors",
+        "gauge",
+        "Live tenant actors.",
+        c.tenant_actors.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_activities_rejected_total Requests refused before reaching an actor, by failed check.\n# TYPE botfleet_activities_rejected_total counter"
+    );
+    if let Ok(rejections) = state.rejections.lock() {
+        for (check, count) in rejections.iter() {
+            let _ = writeln!(
+                out,
+                "botfleet_activities_rejected_total{{check=\"{check}\"}} {count}"
+            );
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}
+
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut problems = Vec::new();
     if let Some(redis) = &state.redis {
@@ -457,6 +542,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
             )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
     })
     .shutdown_timeout(15);
     if workers > 0 {

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: POST /api/messages and /api/messages/{bot} for Teams,
-    /// /healthz and /readyz for the platform.
+    /// /healthz, /readyz and /metrics for the platform.
     ///
     /// Configuration: embedded defaults, then the file, then BOTFLEET__SECTION__KEY
     /// environment variables. With no configuration at all it starts on the
