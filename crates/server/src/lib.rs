@@ -59,9 +59,8 @@ pub enum StartError {
 /// What every HTTP worker shares.
 pub struct AppState {
     pub settings: Settings,
-    pub tokens: TokenCache,
     pub runtime: Runtime,
-    pub store: Arc<dyn ConversationStore>,
+    /// For readiness: the Redis every Redis-backed part shares.
     pub redis: Option<RedisPool>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -403,10 +402,8 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
         registry,
     );
     Ok(AppState {
-        tokens: outbound.tokens.clone(),
         settings,
         runtime,
-        store,
         redis,
         rejections: Mutex::new(BTreeMap::new()),
     })
