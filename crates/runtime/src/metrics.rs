@@ -54,8 +54,4 @@ impl Counters {
     pub(crate) fn restarted(&self) {
         self.actor_restarts.fetch_add(1, Relaxed);
     }
-
-    pub fn get(v: &AtomicU64) -> u64 {
-        v.load(Relaxed)
-    }
 }

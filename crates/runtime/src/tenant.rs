@@ -70,6 +70,12 @@ impl TenantDirectory {
         }
     }
 
+    /// How many activities the live actor of `key` routed (`None` without one).
+    pub async fn activity_count(&self, key: &TenantKey) -> Option<u64> {
+        let addr = self.actors.lock().get(key).cloned()?;
+        addr.send(ActivityCount).await.ok()
+    }
+
     pub fn len(&self) -> usize {
         self.actors.lock().len()
     }

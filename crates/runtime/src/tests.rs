@@ -255,6 +255,8 @@ async fn the_reference_is_written_only_when_it_changed() {
             .await
             .expect("handled");
     }
+    let tenant = (Arc::from("b"), "t1".to_owned());
+    assert_eq!(f.shared.tenants.activity_count(&tenant).await, Some(3));
     assert_eq!(
         f.shared.counters.references_written.load(Ordering::Relaxed),
         1

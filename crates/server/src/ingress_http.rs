@@ -4,8 +4,6 @@
 //! ingress actors validate the token and policy. A request that fails any check
 //! gets a problem+json answer and reaches no actor and no store.
 
-use std::sync::Arc;
-
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use botfleet_protocol::Activity;
@@ -165,7 +163,7 @@ async fn accept(
             Inbound {
                 authorization,
                 activity,
-                route_bot: route_bot.map(|b| Arc::clone(&b)),
+                route_bot,
             },
             state.settings.handler_deadline(),
         )

@@ -420,67 +420,69 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     use std::sync::atomic::Ordering::Relaxed;
     let c = state.runtime.counters();
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: i64| {
+    let n = |v: &std::sync::atomic::AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
+    let table: [(&str, &str, &str, i64); 9] = [
+        (
+            "botfleet_activities_handled_total",
+            "counter",
+            "Activities the bot handler completed.",
+            n(&c.activities_handled),
+        ),
+        (
+            "botfleet_activities_failed_total",
+            "counter",
+            "Validated activities whose handling failed (store, handler, overload).",
+            n(&c.activities_failed),
+        ),
+        (
+            "botfleet_activities_duplicate_total",
+            "counter",
+            "Resent activities dropped as duplicates.",
+            n(&c.duplicates_dropped),
+        ),
+        (
+            "botfleet_references_written_total",
+            "counter",
+            "Conversation reference writes.",
+            n(&c.references_written),
+        ),
+        (
+            "botfleet_references_deactivated_total",
+            "counter",
+            "Conversation references marked inactive on uninstall or removal.",
+            n(&c.references_deactivated),
+        ),
+        (
+            "botfleet_tenant_quota_refusals_total",
+            "counter",
+            "Activities refused by the per-tenant quota.",
+            n(&c.tenant_quota_refusals),
+        ),
+        (
+            "botfleet_actor_restarts_total",
+            "counter",
+            "Tenant or conversation actors started again after dying.",
+            n(&c.actor_restarts),
+        ),
+        (
+            "botfleet_conversation_actors",
+            "gauge",
+            "Live conversation actors.",
+            c.conversation_actors.load(Relaxed),
+        ),
+        (
+            "botfleet_tenant_actors",
+            "gauge",
+            "Live tenant actors.",
+            c.tenant_actors.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in table {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
-    };
-    let n = |v: &std::sync::atomic::AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
-    metric(
-        "botfleet_activities_handled_total",
-        "counter",
-        "Activities the bot handler completed.",
-        n(&c.activities_handled),
-    );
-    metric(
-        "botfleet_activities_failed_total",
-        "counter",
-        "Validated activities whose handling failed (store, handler, overload).",
-        n(&c.activities_failed),
-    );
-    metric(
-        "botfleet_activities_duplicate_total",
-        "counter",
-        "Resent activities dropped as duplicates.",
-        n(&c.duplicates_dropped),
-    );
-    metric(
-        "botfleet_references_written_total",
-        "counter",
-        "Conversation reference writes.",
-        n(&c.references_written),
-    );
-    metric(
-        "botfleet_references_deactivated_total",
-        "counter",
-        "Conversation references marked inactive on uninstall or removal.",
-        n(&c.references_deactivated),
-    );
-    metric(
-        "botfleet_tenant_quota_refusals_total",
-        "counter",
-        "Activities refused by the per-tenant quota.",
-        n(&c.tenant_quota_refusals),
-    );
-    metric(
-        "botfleet_actor_restarts_total",
-        "counter",
-        "Tenant or conversation actors started again after dying.",
-        n(&c.actor_restarts),
-    );
-    metric(
-        "botfleet_conversation_actors",
-        "gauge",
-        "Live conversation actors.",
-        c.conversation_actors.load(Relaxed),
-    );
-    metric(
-        "botfleet_tenant_actors",
-        "gauge",
-        "Live tenant actors.",
-        c.tenant_actors.load(Relaxed),
-    );
+    }
     let _ = writeln!(
         out,
         "# HELP botfleet_activities_rejected_total Requests refused before reaching an actor, by failed check.\n# TYPE botfleet_activities_rejected_total counter"
