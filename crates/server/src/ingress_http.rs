@@ -10,7 +10,7 @@ use botfleet_protocol::Activity;
 use botfleet_runtime::{HandlerOutcome, Inbound, IngressError, Processed, TurnError, TurnOutcome};
 use futures::StreamExt;
 
-use crate::problem::Problem;
+use crate::problem::{self, Problem};
 use crate::AppState;
 
 pub async fn messages(
@@ -39,11 +39,11 @@ async fn handle(
     match accept(&req, payload, &state, route_bot).await {
         Ok(resp) => resp,
         Err(problem) => {
-            state.count_rejection(problem.check);
+            state.count_rejection(problem.check());
             // Debug, not warn: rejections are what an attacker controls the rate of.
             tracing::debug!(
-                check = problem.check,
-                status = problem.status,
+                check = problem.check(),
+                status = problem.status(),
                 detail = %problem.detail,
                 "activity refused"
             );
@@ -59,8 +59,7 @@ async fn read_body(
 ) -> Result<web::BytesMut, Problem> {
     let too_large = || {
         Problem::new(
-            413,
-            "body_too_large",
+            problem::BODY_TOO_LARGE,
             format!(
                 "the request body exceeds the limit of {limit} bytes (server.body_limit_bytes)"
             ),
@@ -78,8 +77,7 @@ async fn read_body(
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
             Problem::new(
-                400,
-                "body_unreadable",
+                problem::BODY_UNREADABLE,
                 format!("the request body could not be read: {e}"),
             )
         })?;
@@ -102,8 +100,7 @@ fn check_content_type(req: &HttpRequest) -> Result<(), Problem> {
         Ok(())
     } else {
         Err(Problem::new(
-            415,
-            "unsupported_media_type",
+            problem::UNSUPPORTED_MEDIA_TYPE,
             format!("activities must be sent as application/json, not `{ct}`"),
         ))
     }
@@ -114,20 +111,18 @@ fn parse_activity(body: &[u8]) -> Result<Activity, Problem> {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => Problem::new(
-                400,
-                "invalid_activity",
+                problem::INVALID_ACTIVITY,
                 format!("the body is JSON but not an activity: {e}"),
             ),
             _ => Problem::new(
-                400,
-                "malformed_json",
+                problem::MALFORMED_JSON,
                 format!("the body is not valid JSON: {e}"),
             ),
         }
     })?;
     activity
         .check_inbound_shape()
-        .map_err(|e| Problem::new(400, "invalid_activity", e.to_string()))?;
+        .map_err(|e| Problem::new(problem::INVALID_ACTIVITY, e.to_string()))?;
     Ok(activity)
 }
 
@@ -144,8 +139,7 @@ async fn accept(
     let route_bot = match route_bot {
         Some(id) => Some(state.runtime.bots().get(&id).cloned().ok_or_else(|| {
             Problem::new(
-                404,
-                "unknown_bot",
+                problem::AUDIENCE,
                 format!("no bot `{id}` is registered here"),
             )
         })?),
@@ -169,15 +163,13 @@ async fn accept(
         )
         .await
         .map_err(|e| match e {
-            IngressError::Auth(e) => Problem::new(e.status(), e.check(), e.to_string()),
+            IngressError::Auth(e) => Problem::new(auth_problem(&e), e.to_string()),
             IngressError::UnknownBot(id) => Problem::new(
-                404,
-                "unknown_bot",
+                problem::AUDIENCE,
                 format!("no bot `{id}` is registered here"),
             ),
             IngressError::Unavailable => Problem::new(
-                503,
-                "unavailable",
+                problem::UNAVAILABLE,
                 "botfleet is shutting down or not started",
             ),
         })?;
@@ -192,20 +184,42 @@ async fn accept(
         }
         Processed::Finished(Ok(_)) => Ok(HttpResponse::Ok().finish()),
         Processed::StillRunning if is_invoke => Err(Problem::new(
-            504,
-            "handler_deadline",
+            problem::HANDLER_DEADLINE,
             "the bot did not answer the invoke within server.handler_deadline_ms",
         )),
         Processed::StillRunning => Ok(HttpResponse::Accepted().finish()),
         Processed::Finished(Err(e)) => Err(match e {
-            TurnError::Store(_) => Problem::new(503, "store_unavailable", e.to_string()),
-            TurnError::Busy => Problem::new(503, "busy", e.to_string()),
-            TurnError::TenantQuota(_) => Problem::new(429, "tenant_quota", e.to_string()),
+            TurnError::Store(_) => Problem::new(problem::STORE_UNAVAILABLE, e.to_string()),
+            TurnError::Busy => Problem::new(problem::BUSY, e.to_string()),
+            TurnError::TenantQuota(_) => Problem::new(problem::TENANT_QUOTA, e.to_string()),
             TurnError::Handler(_) | TurnError::HandlerPanicked => Problem::new(
-                500,
-                "handler_failed",
+                problem::HANDLER_FAILED,
                 "the bot handler failed; botfleet's log has the reason",
             ),
         }),
+    }
+}
+
+/// The problem row of each validation failure. Exhaustive on purpose: a new
+/// [`botfleet_auth::inbound::InboundError`] variant does not compile until it has
+/// a row in the problem table.
+fn auth_problem(e: &botfleet_auth::inbound::InboundError) -> problem::ProblemType {
+    use botfleet_auth::inbound::InboundError as E;
+    match e {
+        E::MissingToken => problem::MISSING_TOKEN,
+        E::MalformedToken(_) => problem::MALFORMED_TOKEN,
+        E::UnsupportedAlgorithm(_) => problem::UNSUPPORTED_ALGORITHM,
+        E::KeysUnavailable(_) => problem::KEYS_UNAVAILABLE,
+        E::UnknownKey { .. } => problem::UNKNOWN_KEY,
+        E::Signature => problem::SIGNATURE,
+        E::Issuer { .. } => problem::ISSUER,
+        E::Audience(_) => problem::AUDIENCE,
+        E::Expired => problem::EXPIRED,
+        E::MissingExpiry => problem::MISSING_EXPIRY,
+        E::NotYetValid => problem::NOT_YET_VALID,
+        E::Endorsement(_) => problem::ENDORSEMENT,
+        E::ServiceUrlClaim(_) => problem::SERVICE_URL_CLAIM,
+        E::ServiceUrlHost(_) => problem::SERVICE_URL_HOST,
+        E::TenantNotAllowed(_) => problem::TENANT_NOT_ALLOWED,
     }
 }

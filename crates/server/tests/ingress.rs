@@ -367,7 +367,9 @@ async fn hostile_bodies_are_refused_before_auth() {
         &msg,
     )
     .await;
-    assert_problem(&got, 404, "unknown_bot");
+    // an unknown bot answers like a known one: a token for another bot is an
+    // audience failure, not a 404 that lists which bots exist
+    assert_problem(&got, 401, "audience");
     // the token never comes back in an answer
     assert!(!got.1.to_string().contains(&token));
 }
