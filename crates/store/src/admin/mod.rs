@@ -236,9 +236,10 @@ pub trait BotRegistryStore: Send + Sync {
 #[async_trait]
 pub trait AuditLog: Send + Sync {
     /// Appends `entry` (its `id` is ignored) and returns the id assigned,
-    /// greater than every earlier one. Ids follow `entry.at` (`"<at>-<seq>"`)
-    /// unless an entry with a later time is already stored, in which case the
-    /// id takes that time, so ids never go backwards.
+    /// greater than every earlier one. The id is `"<at>-<seq>"` unless a later
+    /// id was already assigned (another replica's clock ahead of this one):
+    /// then it gets a later time (the latest one in memory, Redis' choice in
+    /// Redis), so ids never go backwards and retention may keep it longer.
     async fn append(&self, entry: &AuditEntry) -> Result<String, AdminStoreError>;
 
     /// Up to `limit` (clamped to `1..=MAX_AUDIT_PAGE`) entries with an id
@@ -274,7 +275,6 @@ pub(crate) fn audit_page_size(limit: usize) -> usize {
 /// A `Corrupt` error naming what could not be read and where serde stopped,
 /// without serde's message: it can quote the stored value, which may hold a
 /// credential.
-#[allow(dead_code)] // used by the Redis backend, being written
 pub(crate) fn corrupt(what: &str, e: &serde_json::Error) -> AdminStoreError {
     AdminStoreError::Corrupt(format!(
         "{what}: {:?} error at line {} column {}",
