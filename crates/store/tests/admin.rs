@@ -304,6 +304,53 @@ async fn app_ids_are_unique<S: Admin>(p: Pair<S>) {
     assert_eq!(same.version, 2);
 }
 
+/// Ids with bytes that matter to Redis keys, Lua or JSON, and real
+/// timestamps (past 2^32 ms), survive every write path unchanged.
+async fn odd_ids_and_real_times<S: Admin>(p: Pair<S>) {
+    let (a, b) = (&*p.a, &*p.b);
+    let now = 1_760_000_000_123u64;
+    let id = "we{ird} \"bot\"/ü:%20*";
+    let app = "app \"x\" {y} ü\\n";
+    let created = BotRegistryStore::create(a, bot(id, app, now))
+        .await
+        .expect("create");
+    assert_eq!(
+        BotRegistryStore::get(b, id).await.expect("get"),
+        Some(created.clone())
+    );
+    let mut moved = created.clone();
+    moved.app_id = "app ü 2".into();
+    moved.updated_at = now + 1;
+    let updated = b.update(moved, 1).await.expect("update");
+    assert_eq!((updated.created_at, updated.updated_at), (now, now + 1));
+    assert_eq!(
+        BotRegistryStore::get(a, id).await.expect("get"),
+        Some(updated.clone())
+    );
+    // The old app id was freed, the new one is taken.
+    BotRegistryStore::create(a, bot("other", app, now))
+        .await
+        .expect("old app id free");
+    let m = conflict_message(
+        BotRegistryStore::create(a, bot("third", "app ü 2", now))
+            .await
+            .expect_err("new app id taken"),
+    );
+    assert!(m.contains(id), "{m}");
+    a.delete(id, Some(2)).await.expect("delete");
+
+    let k = key(id, Role::Reader);
+    ApiKeyStore::create(a, &k).await.expect("create key");
+    assert!(b.revoke(id, now).await.expect("revoke"));
+    let got = ApiKeyStore::get(a, id).await.expect("get").expect("stored");
+    assert_eq!(got.revoked_at, Some(now));
+
+    let audit_id = a.append(&entry(now, id)).await.expect("append");
+    assert_eq!(audit_id, format!("{now}-0"));
+    let (items, _) = AuditLog::list(b, None, 10).await.expect("list");
+    assert_eq!(items.first().map(|e| e.action.as_str()), Some(id));
+}
+
 /// Of many concurrent creates of one app id (through two instances), exactly
 /// one wins; likewise for one bot id, and the losers' app ids stay free.
 async fn concurrent_creates<S: Admin>(p: Pair<S>) {
@@ -707,6 +754,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn app_ids_are_unique() {
                 super::app_ids_are_unique($make).await;
+            }
+            #[tokio::test]
+            async fn odd_ids_and_real_times() {
+                super::odd_ids_and_real_times($make).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_creates() {

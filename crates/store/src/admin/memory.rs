@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use super::{
-    audit_page_size, parse_audit_id, AdminStoreError, ApiKeyRecord, ApiKeyStore, AuditEntry,
-    AuditLog, BotChange, BotRecord, BotRegistryStore,
+    app_id_taken, audit_page_size, id_taken, key_taken, parse_audit_id, AdminStoreError,
+    ApiKeyRecord, ApiKeyStore, AuditEntry, AuditLog, BotChange, BotRecord, BotRegistryStore,
 };
 
 /// Changes a subscriber may fall behind by before it skips some (it then
@@ -31,9 +31,9 @@ struct Audit {
     last: Option<(u64, u64)>,
 }
 
-/// API keys, bots and the audit log in memory. Bot changes go to
-/// [`subscribe`](BotRegistryStore::subscribe)rs through a tokio broadcast
-/// channel.
+/// API keys, bots and the audit log in memory. Bot changes reach
+/// [`subscribe`](BotRegistryStore::subscribe) streams through a tokio
+/// broadcast channel. The audit log grows until [`AuditLog::trim`] is called.
 pub struct MemoryAdminStore {
     keys: Mutex<BTreeMap<String, ApiKeyRecord>>,
     bots: Mutex<Bots>,
@@ -66,20 +66,6 @@ impl std::fmt::Debug for MemoryAdminStore {
             .field("audit", &self.audit.lock().entries.len())
             .finish()
     }
-}
-
-pub(crate) fn id_taken(id: &str) -> AdminStoreError {
-    AdminStoreError::Conflict(format!("a bot with id `{id}` already exists"))
-}
-
-pub(crate) fn app_id_taken(app_id: &str, owner: &str) -> AdminStoreError {
-    AdminStoreError::Conflict(format!(
-        "app id `{app_id}` is already registered by bot `{owner}`"
-    ))
-}
-
-pub(crate) fn key_taken(id: &str) -> AdminStoreError {
-    AdminStoreError::Conflict(format!("an API key with id `{id}` already exists"))
 }
 
 #[async_trait]

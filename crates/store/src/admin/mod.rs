@@ -157,7 +157,7 @@ pub enum AdminStoreError {
     #[error("the bot changed since it was read: its current version is {current}; read it again and retry")]
     VersionMismatch { current: u64 },
     /// No such bot or key.
-    #[error("not found")]
+    #[error("no such bot or API key")]
     NotFound,
     /// An `after` cursor that is not an audit entry id (`<ms>-<seq>`).
     #[error("invalid cursor: pass back the `next` of the previous page unchanged")]
@@ -187,8 +187,8 @@ pub trait ApiKeyStore: Send + Sync {
 
 /// Where bots registered through the admin API live.
 ///
-/// Every change bumps [`revision`](Self::revision) and is announced to
-/// [`subscribe`](Self::subscribe)rs, atomically with the change itself.
+/// Every change bumps [`revision`](Self::revision) and is announced to every
+/// [`subscribe`](Self::subscribe) stream, atomically with the change itself.
 #[async_trait]
 pub trait BotRegistryStore: Send + Sync {
     /// Stores a new bot with `version = 1`; `created_at` and `updated_at` are
@@ -270,6 +270,21 @@ pub(crate) fn parse_audit_id(id: &str) -> Result<(u64, u64), AdminStoreError> {
 
 pub(crate) fn audit_page_size(limit: usize) -> usize {
     limit.clamp(1, MAX_AUDIT_PAGE)
+}
+
+/// The `Conflict` errors, one wording for both backends.
+pub(crate) fn id_taken(id: &str) -> AdminStoreError {
+    AdminStoreError::Conflict(format!("a bot with id `{id}` already exists"))
+}
+
+pub(crate) fn app_id_taken(app_id: &str, owner: &str) -> AdminStoreError {
+    AdminStoreError::Conflict(format!(
+        "app id `{app_id}` is already registered by bot `{owner}`"
+    ))
+}
+
+pub(crate) fn key_taken(id: &str) -> AdminStoreError {
+    AdminStoreError::Conflict(format!("an API key with id `{id}` already exists"))
 }
 
 /// A `Corrupt` error naming what could not be read and where serde stopped,

@@ -44,10 +44,9 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::memory::{app_id_taken, id_taken, key_taken};
 use super::{
-    audit_page_size, corrupt, parse_audit_id, AdminStoreError, ApiKeyRecord, ApiKeyStore,
-    AuditEntry, AuditLog, BotChange, BotRecord, BotRegistryStore,
+    app_id_taken, audit_page_size, corrupt, id_taken, key_taken, parse_audit_id, AdminStoreError,
+    ApiKeyRecord, ApiKeyStore, AuditEntry, AuditLog, BotChange, BotRecord, BotRegistryStore,
 };
 use crate::redis_pool::{RedisConn, RedisPool, KEY_SCHEMA};
 
