@@ -218,6 +218,8 @@ impl AuditLog for MemoryAdminStore {
         // below the last id.
         let key = match audit.last {
             Some((ms, seq)) if ms >= entry.at => (ms, seq + 1),
+            // `0-0` is no valid stream id; Redis starts time 0 at `0-1`.
+            _ if entry.at == 0 => (0, 1),
             _ => (entry.at, 0),
         };
         let id = format!("{}-{}", key.0, key.1);
