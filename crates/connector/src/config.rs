@@ -50,7 +50,9 @@ impl Default for ConnectorConfig {
 pub enum AmbiguousPolicy {
     /// Report the outcome as unknown ([`crate::ConnectorError::Unknown`]) and do
     /// not resend: a missing message is better than a duplicate for most bots.
+    /// Written `report` in configuration (`report_unknown` also accepted).
     #[default]
+    #[serde(rename = "report", alias = "report_unknown")]
     ReportUnknown,
     /// Resend within the retry budget: a duplicate is better than a missing
     /// message (alerts, pages).

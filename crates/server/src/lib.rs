@@ -1,6 +1,7 @@
 //! The `botfleet` server: configuration, wiring, HTTP routes.
 //!
-//! - [`settings`]: configuration (defaults <- file <- environment), validated;
+//! - [`settings`]: configuration (defaults <- file <- environment), loaded and
+//!   checked by one function that `serve` and `check-config` share;
 //! - [`ingress_http`]: `POST /api/messages[/{bot}]`, the cheap checks before the
 //!   runtime's ingress actors;
 //! - [`problem`]: RFC 7807 answers.
@@ -15,20 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use botfleet_auth::inbound::{BotTrust, InboundConfig, InboundValidator};
+use botfleet_auth::inbound::{BotTrust, InboundValidator};
 use botfleet_auth::outbound::{
-    CertificateCredential, ClientCredential, ClientCredentialsProvider, ManagedIdentityProvider,
-    ManagedIdentitySource, TokenCache, TokenCacheConfig, TokenProvider, WorkloadIdentityEnv,
+    ClientCredential, ClientCredentialsProvider, ManagedIdentityProvider, TokenCache,
+    TokenCacheConfig, TokenProvider,
 };
 use botfleet_auth::Cloud;
 use botfleet_auth::{ServiceUrlAllowlist, TenantPolicy};
-use botfleet_connector::{
-    AmbiguousPolicy, BotSettings as ConnectorBotSettings, Connector, ConnectorConfig, RetryPolicy,
-};
+use botfleet_connector::{BotSettings as ConnectorBotSettings, Connector};
 use botfleet_runtime::handlers::{EchoHandler, NotifyOnlyHandler, WebhookConfig, WebhookHandler};
 use botfleet_runtime::outbound::Replier;
 use botfleet_runtime::token_tier::RedisSharedTokens;
-use botfleet_runtime::{Bot, BotHandler, BotRegistry, RecordingHandler, Runtime, RuntimeConfig};
+use botfleet_runtime::{Bot, BotHandler, BotRegistry, RecordingHandler, Runtime};
 use botfleet_store::conversations::{
     ConversationStore, MemoryConversationStore, RedisConversationStore,
 };
@@ -37,8 +36,12 @@ use botfleet_store::token_tier::RedisTokenTier;
 use botfleet_store::RedisPool;
 use thiserror::Error;
 
-use settings::{AmbiguousSend, CredentialSettings, HandlerSettings, Settings, StoreBackend};
+use settings::{
+    HandlerSettings, LoadedConfig, LogFormat, PreparedBot, PreparedCredential, Settings,
+    StoreBackend,
+};
 
+/// Why `serve` stopped after its configuration was accepted (exit 1).
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("cannot build the HTTP client: {0}")]
@@ -73,16 +76,22 @@ impl AppState {
     }
 }
 
-pub fn init_logging(format: &str) {
+/// Logs to stderr at `RUST_LOG` (default `info`). Text lines carry ANSI colours
+/// only when stderr is a terminal and `NO_COLOR` is unset (https://no-color.org),
+/// so files and log collectors get plain text.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }
 
@@ -108,14 +117,14 @@ fn build_handler(
         HandlerSettings::Webhook {
             url,
             secret,
-            timeout_ms,
+            timeout,
             allow_insecure_http,
         } => Arc::new(
             WebhookHandler::new(
                 WebhookConfig {
                     url: url.clone(),
                     secret: secret.clone(),
-                    timeout: Duration::from_millis(*timeout_ms),
+                    timeout: *timeout,
                     allow_insecure_http: *allow_insecure_http,
                 },
                 http.clone(),
@@ -126,84 +135,34 @@ fn build_handler(
     })
 }
 
-/// The token provider of one bot's credential. Files are read here, so a missing
-/// key file stops start-up instead of failing the first reply.
+/// The token provider of one bot's credential, read and parsed by
+/// [`settings::load`] (so a bad key file stops start-up, not the first reply).
 fn token_provider(
-    bot: &settings::BotSettings,
-    cloud: &Cloud,
-    credential: &CredentialSettings,
+    bot: &PreparedBot,
+    credential: &PreparedCredential,
     http: &reqwest::Client,
-) -> Result<Arc<dyn TokenProvider>, StartError> {
-    let fail = |what: String| StartError::Bots(format!("bot `{}`: {what}", bot.id));
-    let tenant = bot.tenant_id.as_deref();
+) -> Arc<dyn TokenProvider> {
+    let (cloud, app_id) = (&bot.cloud, bot.settings.app_id.as_str());
+    let tenant = bot.settings.tenant_id.as_deref();
     let client = |c: ClientCredential| {
-        ClientCredentialsProvider::new(cloud, &bot.app_id, tenant, c).with_http_client(http.clone())
+        ClientCredentialsProvider::new(cloud, app_id, tenant, c).with_http_client(http.clone())
     };
-    Ok(match credential {
-        CredentialSettings::Secret { secret } => {
+    match credential {
+        PreparedCredential::Secret(secret) => {
             Arc::new(client(ClientCredential::Secret(secret.clone())))
         }
-        CredentialSettings::Certificate {
-            private_key_file,
-            certificate_file,
-            thumbprint,
-        } => {
-            let read = |p: &std::path::Path| {
-                std::fs::read_to_string(p)
-                    .map_err(|e| fail(format!("cannot read {}: {e}", p.display())))
-            };
-            let key = read(private_key_file)?;
-            let cert = match certificate_file {
-                Some(p) => Some(read(p)?),
-                None => None,
-            };
-            let credential = match (cert, thumbprint) {
-                (_, Some(t)) => CertificateCredential::from_pem_and_thumbprint(&key, t),
-                (cert, None) => CertificateCredential::from_pem(&key, cert.as_deref()),
-            }
-            .map_err(|e| fail(e.to_string()))?;
-            Arc::new(client(ClientCredential::Certificate(credential)))
+        PreparedCredential::Certificate(c) => {
+            Arc::new(client(ClientCredential::Certificate(c.clone())))
         }
-        CredentialSettings::WorkloadIdentity { token_file } => {
-            let mut env = WorkloadIdentityEnv::from_env();
-            if let Some(file) = token_file {
-                let mut e = env.unwrap_or(WorkloadIdentityEnv {
-                    client_id: None,
-                    tenant_id: None,
-                    token_file: file.clone(),
-                    authority_host: None,
-                });
-                e.token_file = file.clone();
-                env = Some(e);
-            }
-            let env = env.ok_or_else(|| {
-                fail("workload identity needs AZURE_FEDERATED_TOKEN_FILE (set by the AKS webhook) or credential.token_file".into())
-            })?;
-            Arc::new(
-                ClientCredentialsProvider::workload_identity(cloud, &bot.app_id, tenant, &env)
-                    .with_http_client(http.clone()),
-            )
-        }
-        CredentialSettings::ManagedIdentity {
-            client_id,
-            endpoint,
-        } => {
-            let source = match endpoint {
-                Some(endpoint) => ManagedIdentitySource::Imds {
-                    endpoint: endpoint.clone(),
-                },
-                None => ManagedIdentitySource::from_env(),
-            };
-            Arc::new(
-                ManagedIdentityProvider::new(
-                    cloud,
-                    Some(client_id.as_deref().unwrap_or(&bot.app_id)),
-                    source,
-                )
+        PreparedCredential::WorkloadIdentity(env) => Arc::new(
+            ClientCredentialsProvider::workload_identity(cloud, app_id, tenant, env)
                 .with_http_client(http.clone()),
-            )
-        }
-    })
+        ),
+        PreparedCredential::ManagedIdentity { client_id, source } => Arc::new(
+            ManagedIdentityProvider::new(cloud, Some(client_id), source.clone())
+                .with_http_client(http.clone()),
+        ),
+    }
 }
 
 /// The process-wide outbound machinery: token cache, rate limiter, connector.
@@ -219,7 +178,7 @@ fn build_outbound(settings: &Settings, redis: Option<&RedisPool>) -> Result<Outb
         settings.store.key_prefix,
         botfleet_store::KEY_SCHEMA
     );
-    let margin = Duration::from_millis(settings.outbound.rate_limit_margin_ms);
+    let margin = settings.outbound.rate_limit_margin;
     let (tokens, limiter): (TokenCache, Arc<dyn RateLimiter>) = match redis {
         Some(pool) => (
             TokenCache::with_shared_tier(
@@ -236,17 +195,8 @@ fn build_outbound(settings: &Settings, redis: Option<&RedisPool>) -> Result<Outb
             Arc::new(MemoryRateLimiter::new(margin)),
         ),
     };
-    let o = &settings.outbound;
-    let connector = Connector::new(
-        ConnectorConfig {
-            connect_timeout: Duration::from_millis(o.connect_timeout_ms),
-            request_timeout: Duration::from_millis(o.request_timeout_ms),
-            gcc_service_url: o.gcc_service_url.clone(),
-            ..ConnectorConfig::default()
-        },
-        limiter,
-    )
-    .map_err(|e| StartError::Http(e.to_string()))?;
+    let connector = Connector::new(settings.outbound.connector_config(), limiter)
+        .map_err(|e| StartError::Http(e.to_string()))?;
     // Refresh ahead of expiry so no reply ever waits on the token endpoint.
     tokens.spawn_refresher(Duration::from_secs(15));
     Ok(Outbound {
@@ -256,10 +206,19 @@ fn build_outbound(settings: &Settings, redis: Option<&RedisPool>) -> Result<Outb
     })
 }
 
-/// Builds the store, bots, validator and actor runtime from settings.
-pub async fn build(settings: Settings) -> Result<AppState, StartError> {
+/// Builds the store, bots, validator and actor runtime from a checked
+/// configuration ([`settings::load`] or [`LoadedConfig::from_settings`]).
+pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
+    let LoadedConfig {
+        settings,
+        bots: prepared,
+        notices,
+    } = config;
+    for notice in &notices {
+        tracing::warn!("configuration: {notice}");
+    }
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(settings.auth.fetch_timeout_ms))
+        .timeout(settings.auth.fetch_timeout)
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
 
@@ -298,15 +257,10 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
         .map_err(|e| StartError::Http(e.to_string()))?;
     let mut clouds = Vec::new();
     let mut bots = Vec::new();
-    for b in &settings.bots {
-        let cloud = settings.cloud(&b.cloud).ok_or_else(|| {
-            StartError::Bots(format!("bot `{}`: unknown cloud `{}`", b.id, b.cloud))
-        })?;
-        let cloud = Arc::new(cloud);
-        if !clouds
-            .iter()
-            .any(|c: &Arc<botfleet_auth::Cloud>| c.name == cloud.name)
-        {
+    for p in &prepared {
+        let b = &p.settings;
+        let cloud = Arc::new(p.cloud.clone());
+        if !clouds.iter().any(|c: &Arc<Cloud>| c.name == cloud.name) {
             clouds.push(cloud.clone());
         }
         let service_urls =
@@ -322,25 +276,16 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
             tenants: TenantPolicy::new(&b.allowed_tenants),
         });
         let id: Arc<str> = Arc::from(b.id.as_str());
-        let provider = match b.outbound_credential() {
-            Some(c) => Some(token_provider(b, &trust.cloud, &c, &outbound.token_http)?),
-            None => None,
-        };
+        let provider = p
+            .credential
+            .as_ref()
+            .map(|c| token_provider(p, c, &outbound.token_http));
         let replier = provider.map(|provider| {
             let handle = outbound.tokens.register(provider);
-            let o = &settings.outbound;
             let client = outbound.connector.bot(
                 ConnectorBotSettings::new(&b.app_id, Arc::new(handle), trust.service_urls.clone())
-                    .with_ambiguous(match b.ambiguous_send {
-                        AmbiguousSend::Report => AmbiguousPolicy::ReportUnknown,
-                        AmbiguousSend::Resend => AmbiguousPolicy::Resend,
-                    })
-                    .with_retry(RetryPolicy {
-                        max_attempts: o.max_attempts.max(1),
-                        max_elapsed: Duration::from_millis(o.max_retry_ms),
-                        max_rate_limit_wait: Duration::from_millis(o.max_rate_limit_wait_ms),
-                        ..RetryPolicy::default()
-                    }),
+                    .with_ambiguous(b.ambiguous_send)
+                    .with_retry(settings.outbound.retry_policy()),
             );
             Replier {
                 bot_id: id.clone(),
@@ -362,45 +307,12 @@ pub async fn build(settings: Settings) -> Result<AppState, StartError> {
 
     let validator = Arc::new(InboundValidator::new(
         http,
-        InboundConfig {
-            refresh_interval: Duration::from_secs(settings.auth.key_refresh_secs),
-            unknown_kid_min_interval: Duration::from_secs(
-                settings.auth.unknown_kid_refresh_min_secs,
-            ),
-            clock_skew: Duration::from_secs(settings.auth.clock_skew_secs),
-            cache_capacity: settings.auth.verified_token_cache_size,
-            fetch_timeout: Duration::from_millis(settings.auth.fetch_timeout_ms),
-            ..InboundConfig::default()
-        },
+        settings.auth.inbound_config(),
         clouds,
     ));
     validator.start().await;
 
-    let defaults = RuntimeConfig::default();
-    let rt = &settings.runtime;
-    let runtime = Runtime::start(
-        RuntimeConfig {
-            ingress_actors: if rt.ingress_actors == 0 {
-                defaults.ingress_actors
-            } else {
-                rt.ingress_actors
-            },
-            arbiters: if rt.arbiters == 0 {
-                defaults.arbiters
-            } else {
-                rt.arbiters
-            },
-            conversation_idle: Duration::from_secs(rt.conversation_idle_secs),
-            tenant_idle: Duration::from_secs(rt.tenant_idle_secs),
-            reference_touch_interval: Duration::from_secs(rt.reference_touch_secs),
-            duplicate_window: (rt.duplicate_window_secs > 0)
-                .then(|| Duration::from_secs(rt.duplicate_window_secs)),
-            tenant_activities_per_sec: (rt.tenant_activities_per_sec > 0)
-                .then_some(rt.tenant_activities_per_sec),
-        },
-        validator,
-        registry,
-    );
+    let runtime = Runtime::start(settings.runtime.runtime_config(), validator, registry);
     Ok(AppState {
         settings,
         runtime,
@@ -500,7 +412,9 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(out)
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// What keeps this replica from serving: Redis unreachable, signing keys not
+/// loaded. Empty = ready; `/readyz` and the ready line both ask this.
+async fn readiness(state: &AppState) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(redis) = &state.redis {
         if let Err(e) = redis.ping().await {
@@ -516,6 +430,11 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             ));
         }
     }
+    problems
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let problems = readiness(&state).await;
     if problems.is_empty() {
         HttpResponse::Ok().json(serde_json::json!({"ready": true}))
     } else {
@@ -525,11 +444,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Serves until SIGINT/SIGTERM. Prints one JSON line `{"ready":true,"url":...}`
-/// on stdout once listening, so scripts and tests can find a port-0 server.
-pub async fn serve(settings: Settings) -> Result<(), StartError> {
-    let listen = settings.server.listen.clone();
-    let workers = settings.server.workers;
-    let state = web::Data::new(build(settings).await?);
+/// on stdout once `/readyz` would answer 200 (listening, Redis reachable,
+/// signing keys loaded), so scripts and tests can find a port-0 server and
+/// send to it at once; until then it logs what it waits for.
+pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
+    let listen = config.settings.server.listen.clone();
+    let workers = config.settings.server.workers;
+    let state = web::Data::new(build(config).await?);
     let app_state = state.clone();
     let mut server = HttpServer::new(move || {
         App::new()
@@ -557,7 +478,27 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         .map(|a| format!("http://{a}"))
         .unwrap_or_default();
     tracing::info!(%url, bots = state.runtime.bots().len(), "botfleet listening");
-    println!("{}", serde_json::json!({"ready": true, "url": url}));
-    server.run().await?;
+    let server = server.run();
+    actix_web::rt::spawn(announce_when_ready(state, url));
+    server.await?;
     Ok(())
+}
+
+/// Prints the ready line once [`readiness`] finds nothing missing, logging what
+/// is missing (when it changes) until then.
+async fn announce_when_ready(state: web::Data<AppState>, url: String) {
+    let mut last: Vec<String> = Vec::new();
+    loop {
+        let problems = readiness(&state).await;
+        if problems.is_empty() {
+            tracing::info!(%url, "botfleet ready");
+            println!("{}", serde_json::json!({"ready": true, "url": url}));
+            return;
+        }
+        if problems != last {
+            tracing::warn!(problems = ?problems, "botfleet is listening but not ready yet");
+            last = problems;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

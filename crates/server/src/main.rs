@@ -29,52 +29,70 @@ enum Command {
         #[arg(long, short, env = "BOTFLEET_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Load and validate the configuration, print what would run, and exit:
-    /// 0 when valid, 2 with a message naming the bad key otherwise.
+    /// Load and check the configuration exactly as `serve` does (every key,
+    /// every file a key names, no network), then print the effective
+    /// configuration with secrets redacted. Exit 0 when `serve` would accept it,
+    /// 2 with every problem (key path, file and line or environment variable)
+    /// otherwise.
     CheckConfig {
+        /// TOML configuration file (see docs/configuration.md).
         #[arg(long, short, env = "BOTFLEET_CONFIG")]
         config: Option<PathBuf>,
     },
 }
 
+/// Exit code of a configuration that cannot be used (`serve` and `check-config`).
+const EXIT_INVALID_CONFIG: u8 = 2;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
-            let settings = match botfleet_server::settings::Settings::load(config.as_deref()) {
-                Ok(s) => s,
+            let config = match botfleet_server::settings::load(config.as_deref()) {
+                Ok(c) => c,
                 Err(e) => {
+                    // Logging is not set up yet (its format is configuration):
+                    // this is the one place the error is printed.
                     eprintln!("botfleet: {e}");
-                    return ExitCode::from(2);
+                    return ExitCode::from(EXIT_INVALID_CONFIG);
                 }
             };
-            botfleet_server::init_logging(&settings.server.log_format);
+            botfleet_server::init_logging(config.settings.server.log_format);
             let system = actix_web::rt::System::new();
-            match system.block_on(botfleet_server::serve(settings)) {
+            match system.block_on(botfleet_server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "botfleet stopped");
-                    eprintln!("botfleet: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
-        Command::CheckConfig { config } => {
-            match botfleet_server::settings::Settings::load(config.as_deref()) {
-                Ok(s) => {
-                    println!(
-                        "configuration is valid: {} bot(s), store {:?}, listen {}",
-                        s.bots.len(),
-                        s.store.backend,
-                        s.server.listen
-                    );
-                    ExitCode::SUCCESS
+        Command::CheckConfig { config } => match botfleet_server::settings::load(config.as_deref())
+        {
+            Ok(c) => {
+                let s = &c.settings;
+                println!(
+                    "configuration is valid: {} bot(s), store {}, listen {}",
+                    s.bots.len(),
+                    match s.store.backend {
+                        botfleet_server::settings::StoreBackend::Memory => "memory",
+                        botfleet_server::settings::StoreBackend::Redis => "redis",
+                    },
+                    s.server.listen
+                );
+                for notice in &c.notices {
+                    println!("note: {notice}");
                 }
-                Err(e) => {
-                    eprintln!("botfleet: {e}");
-                    ExitCode::from(2)
-                }
+                println!(
+                    "\n# effective configuration (defaults, file and environment merged; secrets redacted)\n{}",
+                    c.effective_toml()
+                );
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("botfleet: {e}");
+                ExitCode::from(EXIT_INVALID_CONFIG)
+            }
+        },
     }
 }

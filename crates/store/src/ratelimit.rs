@@ -155,7 +155,8 @@ pub async fn acquire_within(
 /// Safety margin added to every window by default. A permit is counted when
 /// it is granted, Teams counts the request when it arrives; two requests can
 /// travel differently fast, so a margin keeps arrivals inside the limit too.
-pub const DEFAULT_MARGIN: Duration = Duration::from_millis(100);
+/// The server's `outbound.rate_limit_margin` defaults to this value.
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(200);
 
 fn validate(buckets: &[Bucket]) -> Result<(), RateLimitError> {
     let Some(first) = buckets.first() else {

@@ -1,30 +1,38 @@
-//! Configuration: embedded defaults <- file (`--config`) <- environment
-//! (`BOTFLEET__SECTION__KEY`). Invalid configuration stops start-up with a message
-//! that names the key and the problem.
+//! Configuration: embedded defaults <- file (`--config`) <- `BOTFLEET__SECTION__KEY`
+//! variables <- secrets named by `*_file` / `*_env` <- the Bot Framework's own
+//! variables for a one-bot deployment (see [`sources`] and docs/configuration.md).
+//!
+//! [`load`] is the one function that turns all of that into what `serve` runs:
+//! it parses, validates every key, reads every file a key names (secrets,
+//! certificates) and builds what can be built without the network. `serve` and
+//! `check-config` both call it, so they cannot disagree about a configuration.
+//! An error names the full key path (`bots[0].handler.url`), where the value
+//! came from (file and line, or environment variable) and what to do.
+//!
+//! Each default is defined once, by the crate that uses the value
+//! (`InboundConfig`, `ConnectorConfig`, `RetryPolicy`, `RuntimeConfig`, the
+//! rate limiter's `DEFAULT_MARGIN`); the settings below start from those.
 
+pub mod bot;
+pub mod error;
+pub mod sources;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use botfleet_auth::{Cloud, Secret};
-use serde::Deserialize;
-use thiserror::Error;
+use botfleet_auth::inbound::InboundConfig;
+use botfleet_auth::Cloud;
+use botfleet_connector::{ConnectorConfig, RetryPolicy};
+use botfleet_runtime::RuntimeConfig;
+use serde::{Deserialize, Serialize, Serializer};
 
-#[derive(Debug, Error)]
-pub enum SettingsError {
-    #[error("cannot read configuration: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("invalid configuration: `{key}`: {problem}")]
-    Invalid { key: String, problem: String },
-}
+pub use bot::{BotSettings, CredentialSettings, HandlerSettings, PreparedBot, PreparedCredential};
+pub use error::{ConfigError, Origin, SettingsError};
+pub use sources::Environment;
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -38,20 +46,32 @@ pub struct Settings {
     pub bots: Vec<BotSettings>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Log line format on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
-    /// Address the HTTP server binds.
+    /// Address the HTTP server binds (IP:port; `0.0.0.0:3978` in a container).
     pub listen: String,
-    /// Largest accepted request body; larger ones get 413.
+    /// Largest accepted request body in bytes; larger ones get 413.
     pub body_limit_bytes: usize,
     /// How long an inbound request waits for the bot handler before answering
-    /// 202 while the handler carries on. Teams resends after about 15 s.
-    pub handler_deadline_ms: u64,
+    /// 202 (an invoke: 504) while the handler carries on. Teams resends after
+    /// about 15 s.
+    #[serde(with = "humantime_serde")]
+    pub handler_deadline: Duration,
     /// HTTP worker threads; 0 = one per CPU.
     pub workers: usize,
-    /// Log format: `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
 }
 
 impl Default for ServerSettings {
@@ -59,57 +79,82 @@ impl Default for ServerSettings {
         Self {
             listen: "127.0.0.1:3978".into(),
             body_limit_bytes: 256 * 1024,
-            handler_deadline_ms: 10_000,
+            handler_deadline: Duration::from_secs(10),
             workers: 0,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// Scheduled refresh of OpenID metadata and signing keys.
-    pub key_refresh_secs: u64,
+    /// Scheduled refresh of OpenID metadata and signing keys (at most 24 h:
+    /// the Bot Framework asks for at least daily).
+    #[serde(with = "humantime_serde")]
+    pub key_refresh: Duration,
     /// Least time between refreshes triggered by a token with an unknown `kid`.
-    pub unknown_kid_refresh_min_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub unknown_kid_refresh_min: Duration,
     /// Allowed clock skew for `exp` / `nbf`.
-    pub clock_skew_secs: u64,
-    /// Verified tokens remembered (by hash, until expiry) to skip RSA verification.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Verified tokens remembered (by hash, until expiry) to skip RSA
+    /// verification; 0 turns the cache off.
     pub verified_token_cache_size: u64,
-    /// Timeout of OpenID metadata / JWKS requests.
-    pub fetch_timeout_ms: u64,
+    /// Timeout of one OpenID metadata / JWKS request.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
+        let d = InboundConfig::default();
         Self {
-            key_refresh_secs: 6 * 3600,
-            unknown_kid_refresh_min_secs: 300,
-            clock_skew_secs: 300,
-            verified_token_cache_size: 100_000,
-            fetch_timeout_ms: 10_000,
+            key_refresh: d.refresh_interval,
+            unknown_kid_refresh_min: d.unknown_kid_min_interval,
+            clock_skew: d.clock_skew,
+            verified_token_cache_size: d.cache_capacity,
+            fetch_timeout: d.fetch_timeout,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+impl AuthSettings {
+    pub fn inbound_config(&self) -> InboundConfig {
+        InboundConfig {
+            refresh_interval: self.key_refresh,
+            unknown_kid_min_interval: self.unknown_kid_refresh_min,
+            clock_skew: self.clock_skew,
+            cache_capacity: self.verified_token_cache_size,
+            fetch_timeout: self.fetch_timeout,
+            ..InboundConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
+    /// In this process; lost on restart (the embedded default).
     #[default]
     Memory,
+    /// Redis or Redis Cluster: shared by replicas, kept across restarts.
     Redis,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
     /// `memory` (default; lost on restart) or `redis`.
     pub backend: StoreBackend,
-    /// Redis URLs: one for a single node, several seeds for a cluster.
+    /// Redis URLs: one for a single node, several seeds for a cluster. A
+    /// password in a URL is shown redacted.
+    #[serde(serialize_with = "redacted_urls")]
     pub redis_urls: Vec<String>,
     /// Treat a single URL as a cluster seed.
     pub redis_cluster: bool,
+    /// Connections per replica.
     pub redis_pool_size: usize,
     /// Prefix of every key, so several deployments can share one Redis.
     pub key_prefix: String,
@@ -127,20 +172,46 @@ impl Default for StoreSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `redis://user:secret@host` -> `redis://user:[redacted]@host`.
+fn redacted_urls<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    let shown: Vec<String> = urls
+        .iter()
+        .map(|u| match url::Url::parse(u) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                if parsed.set_password(Some("[redacted]")).is_ok() {
+                    parsed.to_string()
+                } else {
+                    "[redacted]".to_owned()
+                }
+            }
+            Ok(_) => u.clone(),
+            // Unparseable: it may still hold a password.
+            Err(_) => "[redacted]".to_owned(),
+        })
+        .collect();
+    shown.serialize(s)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSettings {
     /// Ingress actors in the pool; 0 = two per CPU.
     pub ingress_actors: usize,
     /// Threads tenant and conversation actors run on; 0 = one per CPU.
     pub arbiters: usize,
-    pub conversation_idle_secs: u64,
-    pub tenant_idle_secs: u64,
+    /// An idle conversation actor is stopped after this long.
+    #[serde(with = "humantime_serde")]
+    pub conversation_idle: Duration,
+    /// An idle tenant actor is stopped after this long.
+    #[serde(with = "humantime_serde")]
+    pub tenant_idle: Duration,
     /// Rewrite an unchanged conversation reference after this long (last_seen).
-    pub reference_touch_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub reference_touch: Duration,
     /// Handled activity ids are claimed in the store for this long, so Teams'
     /// resend is dropped on whichever replica it lands; 0 = per-replica memory only.
-    pub duplicate_window_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
     /// Most activities per second one tenant may send one bot through one
     /// replica (429 beyond); 0 = no quota.
     pub tenant_activities_per_sec: u32,
@@ -148,300 +219,398 @@ pub struct RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
+        let d = RuntimeConfig::default();
         Self {
             ingress_actors: 0,
             arbiters: 0,
-            conversation_idle_secs: 300,
-            tenant_idle_secs: 600,
-            reference_touch_secs: 3600,
-            duplicate_window_secs: 600,
-            tenant_activities_per_sec: 0,
+            conversation_idle: d.conversation_idle,
+            tenant_idle: d.tenant_idle,
+            reference_touch: d.reference_touch_interval,
+            duplicate_window: d.duplicate_window.unwrap_or(Duration::ZERO),
+            tenant_activities_per_sec: d.tenant_activities_per_sec.unwrap_or(0),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BotSettings {
-    /// botfleet's name for the bot: `/api/messages/{id}`, store keys, admin API.
-    pub id: String,
-    /// Microsoft App ID of the Azure Bot registration (the token audience).
-    pub app_id: String,
-    /// Client secret, for replies and proactive messages (shorthand for
-    /// `credential = { kind = "secret", secret = "..." }`).
-    #[serde(default)]
-    pub app_password: Option<Secret>,
-    /// How the bot gets its Bot Connector tokens, when not by `app_password`.
-    #[serde(default)]
-    pub credential: Option<CredentialSettings>,
-    /// The bot's Entra tenant for single-tenant bots (all new registrations);
-    /// absent = multi-tenant.
-    #[serde(default)]
-    pub tenant_id: Option<String>,
-    /// `public`, `gcch`, `dod`, `china` or the name of a `[[clouds]]` entry.
-    #[serde(default = "default_cloud")]
-    pub cloud: String,
-    /// Tenants this bot serves; empty = any tenant.
-    #[serde(default)]
-    pub allowed_tenants: Vec<String>,
-    /// serviceUrl domains allowed beside the cloud's hosts (suffix match);
-    /// `"*"` turns the host check off (warned at start-up).
-    #[serde(default)]
-    pub additional_allowed_domains: Vec<String>,
-    #[serde(default)]
-    pub handler: HandlerSettings,
-    /// Policy for a send that timed out after it left (see [`AmbiguousSend`]).
-    #[serde(default)]
-    pub ambiguous_send: AmbiguousSend,
-}
-
-/// A bot's outbound credential.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum CredentialSettings {
-    /// Client secret.
-    Secret { secret: Secret },
-    /// Certificate: a client assertion signed with the private key (PEM, PKCS#1
-    /// or PKCS#8); `certificate_file` or `thumbprint` gives the `x5t` Entra
-    /// uses to find the registered certificate.
-    Certificate {
-        private_key_file: std::path::PathBuf,
-        #[serde(default)]
-        certificate_file: Option<std::path::PathBuf>,
-        #[serde(default)]
-        thumbprint: Option<String>,
-    },
-    /// AKS workload identity: the projected service-account token (re-read on
-    /// every exchange) as a federated client assertion. `token_file` defaults to
-    /// `AZURE_FEDERATED_TOKEN_FILE`; `AZURE_TENANT_ID` / `AZURE_AUTHORITY_HOST`
-    /// are honoured.
-    WorkloadIdentity {
-        #[serde(default)]
-        token_file: Option<std::path::PathBuf>,
-    },
-    /// Managed identity (user-assigned: `client_id`, default the bot's app id).
-    /// App Service when `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` are set, else IMDS;
-    /// `endpoint` overrides the IMDS URL.
-    ManagedIdentity {
-        #[serde(default)]
-        client_id: Option<String>,
-        #[serde(default)]
-        endpoint: Option<String>,
-    },
-}
-
-impl BotSettings {
-    /// The bot's outbound credential, `app_password` included.
-    pub fn outbound_credential(&self) -> Option<CredentialSettings> {
-        match (&self.credential, &self.app_password) {
-            (Some(c), _) => Some(c.clone()),
-            (None, Some(p)) if !p.is_empty() => {
-                Some(CredentialSettings::Secret { secret: p.clone() })
-            }
-            _ => None,
+impl RuntimeSettings {
+    // `..d`: a field the runtime adds before it has a setting keeps its default.
+    #[allow(clippy::needless_update)]
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        let d = RuntimeConfig::default();
+        RuntimeConfig {
+            ingress_actors: if self.ingress_actors == 0 {
+                d.ingress_actors
+            } else {
+                self.ingress_actors
+            },
+            arbiters: if self.arbiters == 0 {
+                d.arbiters
+            } else {
+                self.arbiters
+            },
+            conversation_idle: self.conversation_idle,
+            tenant_idle: self.tenant_idle,
+            reference_touch_interval: self.reference_touch,
+            duplicate_window: (!self.duplicate_window.is_zero()).then_some(self.duplicate_window),
+            tenant_activities_per_sec: (self.tenant_activities_per_sec > 0)
+                .then_some(self.tenant_activities_per_sec),
+            ..d
         }
     }
 }
 
-fn default_cloud() -> String {
-    "public".into()
-}
-
-/// The bot logic botfleet runs for a bot.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum HandlerSettings {
-    /// Accept and record activities, reply nothing.
-    #[default]
-    Record,
-    /// Reply to every message with its own text (needs `app_password`).
-    Echo,
-    /// Answer every message with `text` (needs `app_password`).
-    NotifyOnly { text: String },
-    /// Forward each validated activity to `url`, signed with `secret`
-    /// (HMAC-SHA256 over timestamp and body); send back the replies it answers.
-    Webhook {
-        url: String,
-        secret: Secret,
-        #[serde(default = "default_webhook_timeout_ms")]
-        timeout_ms: u64,
-        /// Allow http:// to a non-loopback host.
-        #[serde(default)]
-        allow_insecure_http: bool,
-    },
-}
-
-fn default_webhook_timeout_ms() -> u64 {
-    5_000
-}
-
-/// What to do when a send timed out after it left: Teams may or may not have
-/// delivered it, and it does not deduplicate a resent message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AmbiguousSend {
-    /// Report the delivery as unknown (logged, counted); never a duplicate.
-    #[default]
-    Report,
-    /// Send again: never a loss, possibly a duplicate in the chat.
-    Resend,
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundSettings {
-    /// Timeout of one Bot Connector request.
-    pub request_timeout_ms: u64,
-    pub connect_timeout_ms: u64,
+    /// Timeout of one Bot Connector request, response included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Attempts of one call, the first included (412/429/502/503/504 and
-    /// connection failures are retried).
+    /// failures before the request left are retried).
     pub max_attempts: u32,
     /// No retry starts after this long since the call began.
-    pub max_retry_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub max_retry: Duration,
     /// Longest wait for the local Teams rate limiter per request.
-    pub max_rate_limit_wait_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub max_rate_limit_wait: Duration,
     /// Where a 403 `InvalidBotApiHost` call is retried (the GCC Teams host).
     pub gcc_service_url: String,
     /// Added to every Teams rate-limit window. Teams counts arrivals; botfleet
     /// counts departures, and delays between the two compress bursts. A margin
     /// larger than that jitter means a paced sender is never throttled.
-    pub rate_limit_margin_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_margin: Duration,
 }
 
 impl Default for OutboundSettings {
     fn default() -> Self {
+        let c = ConnectorConfig::default();
+        let r = RetryPolicy::default();
         Self {
-            request_timeout_ms: 30_000,
-            connect_timeout_ms: 5_000,
-            max_attempts: 10,
-            max_retry_ms: 60_000,
-            max_rate_limit_wait_ms: 30_000,
-            gcc_service_url: "https://smba.infra.gcc.teams.microsoft.com".into(),
-            rate_limit_margin_ms: 200,
+            request_timeout: c.request_timeout,
+            connect_timeout: c.connect_timeout,
+            max_attempts: r.max_attempts,
+            max_retry: r.max_elapsed,
+            max_rate_limit_wait: r.max_rate_limit_wait,
+            gcc_service_url: c.gcc_service_url,
+            rate_limit_margin: botfleet_store::ratelimit::DEFAULT_MARGIN,
         }
     }
 }
 
+impl OutboundSettings {
+    pub fn connector_config(&self) -> ConnectorConfig {
+        ConnectorConfig {
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            gcc_service_url: self.gcc_service_url.clone(),
+            ..ConnectorConfig::default()
+        }
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_retry,
+            max_rate_limit_wait: self.max_rate_limit_wait,
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+/// A configuration that passed [`load`]: the settings, each bot ready to build,
+/// and notes for the user that are not errors (old key names, ignored variables).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub settings: Settings,
+    pub bots: Vec<PreparedBot>,
+    pub notices: Vec<String>,
+}
+
+impl LoadedConfig {
+    /// Checks settings built in code (tests, embedding) exactly as [`load`]
+    /// checks a file; errors carry key paths but no origin.
+    pub fn from_settings(settings: Settings) -> Result<Self, SettingsError> {
+        let mut notices = Vec::new();
+        let bots = settings.check(&Environment::process(), &mut notices)?;
+        Ok(Self {
+            settings,
+            bots,
+            notices,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets shown as `"[redacted]"`.
+    pub fn effective_toml(&self) -> String {
+        toml::to_string(&self.settings)
+            .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+    }
+}
+
+/// Loads and checks the configuration `serve` would run, from `file` (if any)
+/// and the process environment.
+///
+/// Errors: [`SettingsError::Read`] (the file), [`SettingsError::Syntax`] (not
+/// TOML: the parser's line and column), [`SettingsError::Invalid`] (every
+/// problem found, each with key path and origin).
+pub fn load(file: Option<&Path>) -> Result<LoadedConfig, SettingsError> {
+    load_with(file, &Environment::process())
+}
+
+/// [`load`] with an explicit environment (tests).
+pub fn load_with(file: Option<&Path>, env: &Environment) -> Result<LoadedConfig, SettingsError> {
+    let defaults = match toml::Table::try_from(Settings::default()) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(ConfigError::new("", format!("embedded defaults: {e}")).into());
+        }
+    };
+    let layered = sources::layered(file, env, &defaults)?;
+    let settings: Settings =
+        match serde_path_to_error::deserialize(toml::Value::Table(layered.tree)) {
+            Ok(s) => s,
+            Err(e) => {
+                let (key, problem) = describe(&e);
+                return Err(layered
+                    .origins
+                    .attach(vec![ConfigError::new(key, problem)])
+                    .into());
+            }
+        };
+    let mut notices = layered.notices;
+    let bots = settings
+        .check(env, &mut notices)
+        .map_err(|errors| SettingsError::Invalid(layered.origins.attach(errors)))?;
+    Ok(LoadedConfig {
+        settings,
+        bots,
+        notices,
+    })
+}
+
+/// Key path and a message without Rust type names for a deserialisation error.
+fn describe(e: &serde_path_to_error::Error<toml::de::Error>) -> (String, String) {
+    let mut key = e.path().to_string();
+    if key == "." {
+        key.clear();
+    }
+    let message = e.inner().message().to_owned();
+    // serde reports an unknown key at its table; name the key itself.
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        if !key.ends_with(field) {
+            key = if key.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+    }
+    (key, humane(&message))
+}
+
+/// serde's wording with Rust type names replaced by what to write.
+fn humane(message: &str) -> String {
+    let mut m = message.to_owned();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u16", "expected a whole number (0 or more)"),
+        (
+            "expected a sequence",
+            "expected a list, e.g. [\"a\", \"b\"]",
+        ),
+        ("expected a map", "expected a table"),
+        (
+            "expected a duration",
+            "expected a duration such as \"10s\", \"200ms\" or \"1h 30m\"",
+        ),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    if let Some(at) = m.find("expected struct ") {
+        m.truncate(at);
+        m.push_str("expected a table");
+    }
+    m
+}
+
 impl Settings {
-    /// Reads defaults, then the file (if any), then `BOTFLEET__*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(invalid(
-                    "--config",
-                    format!("file {} does not exist", path.display()),
-                ));
-            }
-            builder = builder.add_source(config::File::from(path));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("BOTFLEET")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("store.redis_urls"),
-        );
-        let settings: Settings = builder.build()?.try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    pub fn validate(&self) -> Result<(), SettingsError> {
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "server.listen",
-                format!("`{}` is not an IP:port address", self.server.listen),
-            ));
-        }
-        if self.server.body_limit_bytes < 1024 {
-            return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
-        }
-        if !matches!(self.server.log_format.as_str(), "text" | "json") {
-            return Err(invalid("server.log_format", "must be `text` or `json`"));
-        }
-        if self.store.backend == StoreBackend::Redis && self.store.redis_urls.is_empty() {
-            return Err(invalid(
-                "store.redis_urls",
-                "the redis backend needs at least one URL",
-            ));
-        }
-        for (i, c) in self.clouds.iter().enumerate() {
-            if Cloud::preset(&c.name).is_some() {
-                return Err(invalid(
-                    format!("clouds[{i}].name"),
-                    format!(
-                        "`{}` is a preset name; give the custom cloud another name",
-                        c.name
-                    ),
-                ));
-            }
-        }
-        let mut ids = std::collections::HashSet::new();
-        for (i, b) in self.bots.iter().enumerate() {
-            let key = |k: &str| format!("bots[{i}].{k}");
-            if b.id.is_empty()
-                || !b
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(invalid(
-                    key("id"),
-                    "use letters, digits, `-` and `_` only (it appears in URLs)",
-                ));
-            }
-            if !ids.insert(b.id.as_str()) {
-                return Err(invalid(key("id"), format!("`{}` is used twice", b.id)));
-            }
-            if b.app_id.trim().is_empty() {
-                return Err(invalid(key("app_id"), "is required"));
-            }
-            let replies = matches!(
-                b.handler,
-                HandlerSettings::Echo | HandlerSettings::NotifyOnly { .. }
-            );
-            if b.credential.is_some() && b.app_password.is_some() {
-                return Err(invalid(
-                    key("credential"),
-                    "give either app_password or credential, not both",
-                ));
-            }
-            if replies && b.outbound_credential().is_none() {
-                return Err(invalid(
-                    key("app_password"),
-                    "this bot's handler replies, which needs app_password or a credential",
-                ));
-            }
-            if let HandlerSettings::Webhook { secret, .. } = &b.handler {
-                if secret.expose().len() < 16 {
-                    return Err(invalid(
-                        key("handler.secret"),
-                        "use a random webhook secret of at least 16 characters",
-                    ));
-                }
-            }
-            self.cloud(&b.cloud).ok_or_else(|| {
-                invalid(
-                    key("cloud"),
-                    format!(
-                        "unknown cloud `{}`; use public, gcch, dod, china or define it under [[clouds]]",
-                        b.cloud
-                    ),
-                )
-            })?;
-        }
-        Ok(())
-    }
-
     /// A preset or a custom cloud by name.
     pub fn cloud(&self, name: &str) -> Option<Cloud> {
         Cloud::preset(name).or_else(|| self.clouds.iter().find(|c| c.name == name).cloned())
     }
 
     pub fn handler_deadline(&self) -> Duration {
-        Duration::from_millis(self.server.handler_deadline_ms)
+        self.server.handler_deadline
+    }
+
+    /// Every check that needs no network; the bots it prepared on success.
+    /// Errors carry full key paths (`bots[1].app_id`) but no origin.
+    pub fn check(
+        &self,
+        env: &Environment,
+        notices: &mut Vec<String>,
+    ) -> Result<Vec<PreparedBot>, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut fail = |key: &str, problem: String| errors.push(ConfigError::new(key, problem));
+        let s = &self.server;
+        if s.listen.parse::<SocketAddr>().is_err() {
+            fail(
+                "server.listen",
+                format!(
+                    "`{}` is not an IP:port address, e.g. 127.0.0.1:3978 or 0.0.0.0:3978",
+                    s.listen
+                ),
+            );
+        }
+        if s.body_limit_bytes < 1024 {
+            fail("server.body_limit_bytes", "must be at least 1024".into());
+        }
+        if s.handler_deadline.is_zero() {
+            fail(
+                "server.handler_deadline",
+                "must be longer than zero; Teams resends after about 15 s, so stay below that, e.g. \"10s\"".into(),
+            );
+        }
+        let a = &self.auth;
+        if a.key_refresh.is_zero() || a.key_refresh > Duration::from_secs(24 * 3600) {
+            fail(
+                "auth.key_refresh",
+                "must be between 1s and 24h: the Bot Framework asks for a refresh at least daily"
+                    .into(),
+            );
+        }
+        if a.fetch_timeout.is_zero() {
+            fail("auth.fetch_timeout", "must be longer than zero".into());
+        }
+        let st = &self.store;
+        match st.backend {
+            StoreBackend::Redis if st.redis_urls.is_empty() => fail(
+                "store.redis_urls",
+                "the redis backend needs at least one URL, e.g. [\"redis://redis:6379\"]".into(),
+            ),
+            StoreBackend::Redis => {
+                // The constructor `serve` uses; it parses URLs and connects nothing.
+                if let Err(e) = botfleet_store::RedisPool::connect(
+                    &st.redis_urls,
+                    st.redis_cluster,
+                    st.redis_pool_size.max(1),
+                ) {
+                    fail("store.redis_urls", e.to_string());
+                }
+            }
+            StoreBackend::Memory if !st.redis_urls.is_empty() => notices.push(
+                "store.redis_urls is set but store.backend is \"memory\": Redis is not used".into(),
+            ),
+            StoreBackend::Memory => {}
+        }
+        if st.redis_pool_size == 0 {
+            fail("store.redis_pool_size", "must be at least 1".into());
+        }
+        if st.key_prefix.is_empty() || st.key_prefix.contains(char::is_whitespace) {
+            fail(
+                "store.key_prefix",
+                "give a non-empty prefix without spaces".into(),
+            );
+        }
+        let r = &self.runtime;
+        for (key, d) in [
+            ("runtime.conversation_idle", r.conversation_idle),
+            ("runtime.tenant_idle", r.tenant_idle),
+            ("runtime.reference_touch", r.reference_touch),
+        ] {
+            if d.is_zero() {
+                fail(key, "must be longer than zero".into());
+            }
+        }
+        let o = &self.outbound;
+        if o.max_attempts == 0 {
+            fail(
+                "outbound.max_attempts",
+                "must be at least 1 (the first attempt counts)".into(),
+            );
+        }
+        for (key, d) in [
+            ("outbound.request_timeout", o.request_timeout),
+            ("outbound.connect_timeout", o.connect_timeout),
+        ] {
+            if d.is_zero() {
+                fail(key, "must be longer than zero".into());
+            }
+        }
+        if url::Url::parse(&o.gcc_service_url).is_err() {
+            fail(
+                "outbound.gcc_service_url",
+                format!("`{}` is not an absolute URL", o.gcc_service_url),
+            );
+        }
+        let mut cloud_names = HashMap::new();
+        for (i, c) in self.clouds.iter().enumerate() {
+            let key = |k: &str| format!("clouds[{i}].{k}");
+            if Cloud::preset(&c.name).is_some() {
+                fail(
+                    &key("name"),
+                    format!(
+                        "`{}` is a preset name; give the custom cloud another name",
+                        c.name
+                    ),
+                );
+            } else if c.name.is_empty() {
+                fail(&key("name"), "give the cloud a name".into());
+            } else if let Some(first) = cloud_names.insert(c.name.as_str(), i) {
+                fail(
+                    &key("name"),
+                    format!("`{}` is also the name of clouds[{first}]", c.name),
+                );
+            }
+            for (k, v) in [
+                ("openid_metadata_url", &c.openid_metadata_url),
+                ("login_endpoint", &c.login_endpoint),
+            ] {
+                if url::Url::parse(v).is_err() {
+                    fail(&key(k), format!("`{v}` is not an absolute URL"));
+                }
+            }
+        }
+
+        let mut bots = Vec::new();
+        let mut ids = HashMap::new();
+        let mut app_ids = HashMap::new();
+        for (i, b) in self.bots.iter().enumerate() {
+            let prefix = format!("bots[{i}].");
+            match b.prepare(&self.clouds, env) {
+                Ok(p) => bots.push(p),
+                Err(errs) => errors.extend(errs.into_iter().map(|e| e.prefixed(&prefix))),
+            }
+            if let Some(first) = ids.insert(b.id.as_str(), i) {
+                errors.push(ConfigError::new(
+                    format!("{prefix}id"),
+                    format!("`{}` is also the id of bots[{first}]", b.id),
+                ));
+            }
+            // The token's audience selects the bot: one app id, one bot.
+            if let Some(first) = app_ids.insert(b.app_id.to_ascii_lowercase(), i) {
+                errors.push(ConfigError::new(
+                    format!("{prefix}app_id"),
+                    format!(
+                        "`{}` is also the app_id of bots[{first}]: Teams' tokens name the app id, so it can select only one bot",
+                        b.app_id
+                    ),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(bots)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -458,37 +627,225 @@ mod tests {
         f
     }
 
+    const APP: &str = "00000000-0000-4000-8000-000000000001";
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<LoadedConfig, SettingsError> {
+        let f = write(text);
+        load_with(
+            Some(f.path()),
+            &Environment::from_pairs(env.iter().copied()),
+        )
+    }
+
+    fn only_error(r: Result<LoadedConfig, SettingsError>) -> ConfigError {
+        match r {
+            Err(SettingsError::Invalid(mut errors)) if errors.len() == 1 => errors.remove(0),
+            Err(e) => panic!("expected one invalid key, got {e}"),
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
     #[test]
     fn defaults_need_nothing() {
-        let s = Settings::load(None).expect("defaults load");
-        assert_eq!(s.server.body_limit_bytes, 256 * 1024);
-        assert_eq!(s.store.backend, StoreBackend::Memory);
-        assert!(s.bots.is_empty());
+        let c = load_with(None, &Environment::default()).expect("defaults load");
+        assert_eq!(c.settings.server.body_limit_bytes, 256 * 1024);
+        assert_eq!(c.settings.store.backend, StoreBackend::Memory);
+        assert!(c.settings.bots.is_empty());
     }
 
     #[test]
-    fn errors_name_the_key() {
-        let f = write("[[bots]]\nid = \"a\"\napp_id = \"x\"\ncloud = \"mars\"\n");
-        let e = Settings::load(Some(f.path())).expect_err("rejected");
-        assert!(e.to_string().contains("bots[0].cloud"), "{e}");
-
-        let f = write("[server]\nlisten = \"nowhere\"\n");
-        let e = Settings::load(Some(f.path())).expect_err("rejected");
-        assert!(e.to_string().contains("server.listen"), "{e}");
-
-        let f = write("[server]\nlisten_on = \"127.0.0.1:1\"\n");
-        let e = Settings::load(Some(f.path())).expect_err("unknown key rejected");
-        assert!(e.to_string().contains("listen_on"), "{e}");
-
-        let f = write("[store]\nbackend = \"redis\"\n");
-        let e = Settings::load(Some(f.path())).expect_err("rejected");
-        assert!(e.to_string().contains("store.redis_urls"), "{e}");
+    fn one_definition_per_default() {
+        let s = Settings::default();
+        assert_eq!(
+            s.auth.verified_token_cache_size,
+            InboundConfig::default().cache_capacity
+        );
+        assert_eq!(
+            s.outbound.rate_limit_margin,
+            botfleet_store::ratelimit::DEFAULT_MARGIN
+        );
+        assert_eq!(s.auth.inbound_config(), InboundConfig::default());
+        assert_eq!(s.outbound.retry_policy(), RetryPolicy::default());
+        assert_eq!(s.outbound.connector_config(), ConnectorConfig::default());
     }
 
     #[test]
-    fn secrets_do_not_print() {
-        let f = write("[[bots]]\nid = \"a\"\napp_id = \"x\"\napp_password = \"hunter2\"\n");
-        let s = Settings::load(Some(f.path())).expect("loads");
-        assert!(!format!("{s:?}").contains("hunter2"));
+    fn errors_name_key_file_and_line() {
+        let e = only_error(load_text(
+            &format!("[server]\nworkers = 1\n\n[[bots]]\nid = \"a\"\napp_id = \"{APP}\"\ncloud = \"mars\"\n"),
+            &[],
+        ));
+        assert_eq!(e.key, "bots[0].cloud");
+        assert!(
+            matches!(&e.origin, Some(Origin::File { line: Some(7), .. })),
+            "{e}"
+        );
+
+        let e = only_error(load_text("[server]\nlisten_on = \"127.0.0.1:1\"\n", &[]));
+        assert_eq!(e.key, "server.listen_on");
+        assert!(
+            matches!(&e.origin, Some(Origin::File { line: Some(2), .. })),
+            "{e}"
+        );
+
+        let e = only_error(load_text("[store]\nbackend = \"mongo\"\n", &[]));
+        assert_eq!(e.key, "store.backend");
+        assert!(e.problem.contains("`memory` or `redis`"), "{e}");
+
+        let e = only_error(load_text("[server]\nworkers = -1\n", &[]));
+        assert!(!e.problem.contains("usize"), "{e}");
+    }
+
+    #[test]
+    fn env_values_name_their_variable() {
+        let e = only_error(load_text("", &[("BOTFLEET__SERVER__LISTEN", "nowhere")]));
+        assert_eq!(e.key, "server.listen");
+        assert_eq!(
+            e.origin,
+            Some(Origin::Env {
+                var: "BOTFLEET__SERVER__LISTEN".into()
+            })
+        );
+        let c = load_text(
+            "",
+            &[
+                ("BOTFLEET__SERVER__WORKERS", "3"),
+                (
+                    "BOTFLEET__STORE__REDIS_URLS",
+                    "redis://a:6379,redis://b:6379",
+                ),
+                ("BOTFLEET__STORE__BACKEND", "redis"),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(c.settings.server.workers, 3);
+        assert_eq!(c.settings.store.redis_urls.len(), 2);
+    }
+
+    #[test]
+    fn old_duration_keys_still_work() {
+        let c = load_text(
+            "[server]\nhandler_deadline_ms = 8000\n[auth]\nkey_refresh_secs = 3600\n",
+            &[("BOTFLEET__OUTBOUND__RATE_LIMIT_MARGIN_MS", "150")],
+        )
+        .expect("loads");
+        assert_eq!(c.settings.server.handler_deadline, Duration::from_secs(8));
+        assert_eq!(c.settings.auth.key_refresh, Duration::from_secs(3600));
+        assert_eq!(
+            c.settings.outbound.rate_limit_margin,
+            Duration::from_millis(150)
+        );
+        assert!(
+            c.notices
+                .iter()
+                .any(|n| n.contains("handler_deadline = \"8000ms\"")),
+            "{:?}",
+            c.notices
+        );
+        let e = only_error(load_text(
+            "[server]\nhandler_deadline_ms = 8000\nhandler_deadline = \"8s\"\n",
+            &[],
+        ));
+        assert_eq!(e.key, "server.handler_deadline_ms");
+    }
+
+    #[test]
+    fn secrets_from_files_and_variables() {
+        let pw = write("from-a-file\n");
+        let c = load_text(
+            &format!(
+                "[[bots]]\nid = \"a\"\napp_id = \"{APP}\"\napp_password_file = \"{}\"\nhandler = {{ kind = \"webhook\", url = \"https://h.example\", secret_env = \"HOOK\" }}\n",
+                pw.path().display()
+            ),
+            &[("HOOK", "0123456789abcdef0123")],
+        )
+        .expect("loads");
+        let b = &c.settings.bots[0];
+        assert_eq!(
+            b.app_password.as_ref().map(|s| s.expose()),
+            Some("from-a-file")
+        );
+        let HandlerSettings::Webhook { secret, .. } = &b.handler else {
+            panic!("webhook");
+        };
+        assert_eq!(secret.expose(), "0123456789abcdef0123");
+        let shown = c.effective_toml();
+        assert!(
+            !shown.contains("from-a-file") && !shown.contains("0123456789abcdef0123"),
+            "{shown}"
+        );
+
+        let e = only_error(load_text(
+            &format!("[[bots]]\nid = \"a\"\napp_id = \"{APP}\"\napp_password_env = \"NOPE\"\n"),
+            &[],
+        ));
+        assert_eq!(e.key, "bots[0].app_password_env");
+        assert!(e.problem.contains("NOPE"), "{e}");
+    }
+
+    #[test]
+    fn bot_framework_variables_make_one_bot() {
+        let c = load_text(
+            "",
+            &[
+                ("MicrosoftAppId", APP),
+                ("MicrosoftAppPassword", "pw"),
+                ("MicrosoftAppType", "SingleTenant"),
+                ("MicrosoftAppTenantId", "tenant-1"),
+                ("PORT", "8080"),
+                ("BOTFLEET__BOTS__0__HANDLER__KIND", "echo"),
+            ],
+        )
+        .expect("loads");
+        let b = &c.settings.bots[0];
+        assert_eq!((b.id.as_str(), b.app_id.as_str()), ("bot", APP));
+        assert_eq!(b.tenant_id.as_deref(), Some("tenant-1"));
+        assert!(matches!(b.handler, HandlerSettings::Echo));
+        assert_eq!(c.settings.server.listen, "0.0.0.0:8080");
+
+        let e = only_error(load_text(
+            "[[bots]]\nid = \"a\"\napp_id = \"00000000-0000-4000-8000-000000000002\"\n",
+            &[("MicrosoftAppId", APP)],
+        ));
+        assert_eq!(e.key, "bots[0].app_id");
+        assert!(e.problem.contains("MicrosoftAppId"), "{e}");
+
+        let e = only_error(load_text(
+            "",
+            &[("MicrosoftAppId", APP), ("MicrosoftAppType", "Multi")],
+        ));
+        assert!(
+            e.problem
+                .contains("MultiTenant, SingleTenant, UserAssignedMSI"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn two_bots_one_app_id() {
+        let e = only_error(load_text(
+            &format!("[[bots]]\nid = \"a\"\napp_id = \"{APP}\"\n[[bots]]\nid = \"b\"\napp_id = \"{APP}\"\n"),
+            &[],
+        ));
+        assert_eq!(e.key, "bots[1].app_id");
+        assert!(
+            matches!(&e.origin, Some(Origin::File { line: Some(6), .. })),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn redis_passwords_are_redacted() {
+        let c = load_text(
+            "[store]\nbackend = \"redis\"\nredis_urls = [\"redis://user:hunter2@r:6379\"]\n",
+            &[],
+        )
+        .expect("loads");
+        let shown = c.effective_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("redis://user:%5Bredacted%5D@r:6379") || shown.contains("[redacted]"),
+            "{shown}"
+        );
     }
 }
