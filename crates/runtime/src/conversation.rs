@@ -1,30 +1,39 @@
 //! The conversation actor: one per (bot, conversation) with recent activity.
 //!
 //! It owns what must be decided in one place and in order for a conversation:
-//! arrival order of its activities, the ids it already handled (Teams resends an
-//! activity it thinks went unanswered), and whether the stored conversation
-//! reference is still current. It is passivated by its tenant actor when idle,
-//! so memory follows activity, not history.
+//! arrival order of its activities and the deliveries it already handled
+//! (Teams resends an activity it thinks went unanswered). It keeps no copy of
+//! the stored reference: each activity is recorded in one atomic store
+//! operation that claims its delivery and writes the reference only when it
+//! changed ([`ConversationStore::record_inbound`]), so a reference deactivated
+//! or moved by a send outcome, here or on another replica, is seen by the very
+//! next activity. It is passivated by its tenant actor when idle, so memory
+//! follows activity, not history.
+//!
+//! [`ConversationStore::record_inbound`]: botfleet_store::conversations::ConversationStore::record_inbound
 
 use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
-use botfleet_protocol::ConversationReference;
+use botfleet_store::conversations::{
+    DeliveryKey, InboundChange, InboundRecord, Recorded, ReferenceWrite, StoreError,
+};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::bot::Bot;
-use crate::handler::{HandlerOutcome, Turn};
+use crate::delivery::delivery_key;
+use crate::handler::{HandlerOutcome, ReferenceState, Turn};
 use crate::metrics::Counters;
-use crate::{now_ms, TurnError, TurnOutcome, TurnResult};
+use crate::{now_ms, FailureKind, HandlerFailure, TurnError, TurnOutcome, TurnResult};
 
-/// How many recent activity ids a conversation remembers for duplicate detection
+/// How many recent deliveries a conversation remembers for duplicate detection
 /// (grown on demand: most conversations see a handful of activities).
 /// Teams resends within seconds, so a short memory is enough.
-const SEEN_IDS: usize = 256;
+const SEEN_DELIVERIES: usize = 256;
 
 /// An activity for this conversation, with the channel its outcome goes back on.
 pub struct Deliver {
@@ -45,16 +54,14 @@ pub struct Passivate;
 pub struct ConversationActor {
     bot: Arc<Bot>,
     conversation_id: String,
-    /// The reference as last written to the store by this actor.
-    stored: Option<ConversationReference>,
-    stored_at: Option<Instant>,
     /// Rewrite an unchanged reference this often, to keep `last_seen` meaningful.
     touch_interval: Duration,
-    /// How long a claimed activity id stays claimed in the store; `None` leaves
+    /// How long a claimed delivery stays claimed in the store; `None` leaves
     /// duplicate detection to this actor's memory (one replica).
     claim_ttl: Option<Duration>,
-    seen: VecDeque<String>,
-    seen_set: HashSet<String>,
+    /// Recent delivery keys (as `u128`), oldest first, and the same as a set.
+    seen: VecDeque<u128>,
+    seen_set: HashSet<u128>,
     counters: Arc<Counters>,
 }
 
@@ -69,8 +76,6 @@ impl ConversationActor {
         Self {
             bot,
             conversation_id,
-            stored: None,
-            stored_at: None,
             touch_interval,
             claim_ttl,
             seen: VecDeque::new(),
@@ -79,40 +84,32 @@ impl ConversationActor {
         }
     }
 
-    fn remember(&mut self, id: &str) {
-        if self.seen.len() == SEEN_IDS {
+    fn remember(&mut self, key: u128) {
+        if self.seen.len() == SEEN_DELIVERIES {
             if let Some(old) = self.seen.pop_front() {
                 self.seen_set.remove(&old);
             }
         }
-        self.seen.push_back(id.to_owned());
-        self.seen_set.insert(id.to_owned());
+        self.seen.push_back(key);
+        self.seen_set.insert(key);
     }
 
-    fn forget(&mut self, id: &str) {
-        self.seen_set.remove(id);
-        self.seen.retain(|s| s != id);
-    }
-
-    fn needs_write(&self, reference: &ConversationReference) -> bool {
-        match (&self.stored, self.stored_at) {
-            (Some(stored), Some(at)) => {
-                !same_reference(stored, reference) || at.elapsed() >= self.touch_interval
-            }
-            _ => true,
-        }
+    fn forget(&mut self, key: u128) {
+        self.seen_set.remove(&key);
+        self.seen.retain(|k| *k != key);
     }
 }
 
-/// Two references reach the same place the same way. The activity id differs on
-/// every activity and says nothing about how to reach the conversation.
-fn same_reference(a: &ConversationReference, b: &ConversationReference) -> bool {
-    a.service_url == b.service_url
-        && a.conversation == b.conversation
-        && a.channel_id == b.channel_id
-        && a.bot == b.bot
-        && a.user.as_ref().map(|u| &u.id) == b.user.as_ref().map(|u| &u.id)
-        && a.locale == b.locale
+/// One line per dropped resend, at debug: resends are normal and the sender
+/// controls their rate; the key lets a reader match it with the original.
+fn log_duplicate(bot: &str, key: &DeliveryKey, turn: &Turn, seen_by: &'static str) {
+    tracing::debug!(
+        bot,
+        delivery_key = %key,
+        activity_type = %turn.activity.kind,
+        seen_by,
+        "duplicate delivery dropped: Teams resent an activity already taken in"
+    );
 }
 
 impl Actor for ConversationActor {
@@ -142,106 +139,115 @@ impl Handler<Deliver> for ConversationActor {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         let Deliver { turn, done } = msg;
-        let activity_id = turn.activity.id.clone().filter(|s| !s.is_empty());
-        if let Some(id) = &activity_id {
-            if self.seen_set.contains(id) {
+        let key = delivery_key(&turn.activity);
+        if let Some(key) = &key {
+            if self.seen_set.contains(&key.as_u128()) {
+                log_duplicate(&self.bot.id, key, &turn, "conversation actor");
                 self.counters.duplicate();
                 let _ = done.send(Ok(TurnOutcome::Duplicate));
                 return;
             }
-            self.remember(id);
+            self.remember(key.as_u128());
         }
-        let deactivate = turn.activity.ends_bot_membership();
-        // A removal must not write the reference back as active.
-        let write = if deactivate {
-            None
-        } else {
-            turn.activity
-                .conversation_reference()
-                .filter(|r| self.needs_write(r))
-        };
 
+        let tenant = turn.tenant_id.clone().unwrap_or_default();
         let bot = self.bot.clone();
         let conversation_id = self.conversation_id.clone();
         let counters = self.counters.clone();
-        // ctx.wait: the next activity of this conversation waits until this one
-        // is done, which is what keeps them in arrival order.
-        let claim_ttl = self.claim_ttl;
-        let claim_id = activity_id.clone().filter(|_| claim_ttl.is_some());
+        let touch_after = self.touch_interval;
+        let claim = key.zip(self.claim_ttl);
         let work = async move {
             let store = &bot.store;
-            let store_err =
-                |e: botfleet_store::conversations::StoreError| TurnError::Store(e.to_string());
-            // Teams resends to whichever replica the load balancer picks: the
-            // claim in the shared store is what makes a resend a duplicate there too.
-            if let (Some(id), Some(ttl)) = (&claim_id, claim_ttl) {
-                if !store
-                    .claim_activity(&bot.id, &conversation_id, id, ttl)
-                    .await
-                    .map_err(store_err)?
-                {
-                    return Ok((None, Ok(TurnOutcome::Duplicate)));
+            let store_err = |e: StoreError| TurnError::Store(e.to_string());
+            let activity = turn.activity.clone();
+            let reference = activity.conversation_reference();
+            // A removal must not write the reference back as active.
+            let change = match (activity.ends_bot_membership(), &reference) {
+                (true, _) => InboundChange::Ended {
+                    reason: deactivation_reason(&turn),
+                },
+                (false, Some(reference)) => InboundChange::Seen {
+                    reference,
+                    touch_after,
+                },
+                // Validation requires what a reference is made of; a turn
+                // without one is a bug upstream, not something to store.
+                (false, None) => {
+                    return Err(TurnError::Handler(HandlerFailure {
+                        kind: FailureKind::Failed,
+                        message: "activity without serviceUrl, channelId or conversation".into(),
+                    }))
                 }
-            }
-            let result = async {
-                if deactivate {
-                    store
-                        .deactivate(
-                            &bot.id,
-                            &conversation_id,
-                            deactivation_reason(&turn),
-                            now_ms(),
-                        )
-                        .await
-                        .map_err(store_err)?;
-                    counters.deactivated();
-                }
-                let written = match write {
-                    Some(reference) => {
-                        store
-                            .upsert(&bot.id, &reference, now_ms())
-                            .await
-                            .map_err(store_err)?;
-                        counters.reference_written();
-                        Some(reference)
+            };
+            // One store operation: the claim (Teams resends to whichever replica
+            // the load balancer picks) and the reference, atomically.
+            let recorded = store
+                .record_inbound(
+                    &bot.id,
+                    &InboundRecord {
+                        conversation_id: &conversation_id,
+                        claim,
+                        change,
+                        now_ms: now_ms(),
+                    },
+                )
+                .await
+                .map_err(store_err)?;
+            let (write, generation, service_url_moved_to) = match recorded {
+                Recorded::Duplicate => {
+                    if let Some((key, _)) = &claim {
+                        log_duplicate(&bot.id, key, &turn, "store claim");
                     }
-                    None => None,
-                };
-                let handled = AssertUnwindSafe(bot.handler.on_turn(&turn))
-                    .catch_unwind()
-                    .await;
-                let outcome = match handled {
-                    Ok(Ok(outcome)) => Ok(TurnOutcome::Handled(outcome)),
-                    Ok(Err(e)) => Err(TurnError::Handler(e.to_string())),
-                    Err(_) => Err(TurnError::HandlerPanicked),
-                };
-                Ok::<_, TurnError>((written, outcome))
+                    return Ok(TurnOutcome::Duplicate);
+                }
+                Recorded::Recorded {
+                    write,
+                    generation,
+                    service_url_moved_to,
+                } => (write, generation, service_url_moved_to),
+            };
+            match write {
+                ReferenceWrite::Created
+                | ReferenceWrite::Updated
+                | ReferenceWrite::Reactivated
+                | ReferenceWrite::Touched => counters.reference_written(),
+                ReferenceWrite::Deactivated => counters.deactivated(),
+                ReferenceWrite::Unchanged
+                | ReferenceWrite::AlreadyInactive
+                | ReferenceWrite::Unknown => {}
             }
-            .await;
-            let failed = !matches!(&result, Ok((_, Ok(_))));
-            if let (true, Some(id)) = (failed, &claim_id) {
-                // Not handled: give the claim back so Teams' resend gets a chance.
-                if let Err(e) = store.release_activity(&bot.id, &conversation_id, id).await {
-                    tracing::warn!(bot = %bot.id, error = %e, "could not release the claim of an unhandled activity; its resend will be dropped until the claim expires");
+            let turn = Turn {
+                reference: ReferenceState {
+                    generation,
+                    service_url_moved_to,
+                },
+                ..turn
+            };
+            let handled = AssertUnwindSafe(bot.handler.on_turn(&turn))
+                .catch_unwind()
+                .await;
+            let result = match handled {
+                Ok(Ok(outcome)) => Ok(TurnOutcome::Handled(outcome)),
+                Ok(Err(e)) => Err(TurnError::Handler(HandlerFailure::from(e))),
+                Err(_) => Err(TurnError::HandlerPanicked),
+            };
+            if let (Err(e), Some((key, _))) = (&result, &claim) {
+                if e.resend_helps() {
+                    // The bot logic never ran: give the claim back so that
+                    // Teams' resend (answered 5xx now) is handled.
+                    if let Err(se) = store.release_delivery(&bot.id, key).await {
+                        tracing::warn!(bot = %bot.id, delivery_key = %key, error = %se, "could not release the claim of an activity whose bot logic never ran; its resend will be dropped until the claim expires");
+                    }
                 }
             }
             result
         };
-        let id_for_retry = activity_id;
+        // ctx.wait: the next activity of this conversation waits until this one
+        // is done, which is what keeps them in arrival order.
         ctx.wait(work.into_actor(self).map(move |result, act, _| {
-            if let Ok((Some(reference), _)) = &result {
-                act.stored = Some(reference.clone());
-                act.stored_at = Some(Instant::now());
-            }
-            if deactivate {
-                act.stored = None;
-                act.stored_at = None;
-            }
-            let result = result.and_then(|(_, outcome)| outcome);
-            if result.is_err() {
-                // Not handled: let Teams' resend of this id through.
-                if let Some(id) = &id_for_retry {
-                    act.forget(id);
+            if let (Err(e), Some(key)) = (&result, &key) {
+                if e.resend_helps() {
+                    act.forget(key.as_u128());
                 }
             }
             match &result {
@@ -251,7 +257,22 @@ impl Handler<Deliver> for ConversationActor {
                 Ok(TurnOutcome::Duplicate) => act.counters.duplicate(),
                 Err(e) => {
                     act.counters.failed();
-                    tracing::warn!(bot = %act.bot.id, error = %e, "activity not handled");
+                    match e {
+                        // The Replier logged it with its outcome already.
+                        TurnError::Handler(HandlerFailure {
+                            kind: FailureKind::ReplyNotDelivered,
+                            ..
+                        }) => {
+                            tracing::debug!(bot = %act.bot.id, %tenant, error = %e, "activity taken in, reply not delivered")
+                        }
+                        _ => tracing::warn!(
+                            bot = %act.bot.id,
+                            %tenant,
+                            resend_helps = e.resend_helps(),
+                            error = %e,
+                            "activity not handled"
+                        ),
+                    }
                 }
             }
             let _ = done.send(result);

@@ -119,6 +119,9 @@ impl Handler<Inbound> for IngressActor {
                 bot_id: bot.id.clone(),
                 tenant_id: validated.tenant_id,
                 activity: Arc::new(activity),
+                // Set by the conversation actor once the activity is recorded.
+                reference: Default::default(),
+                counters: shared.counters.clone(),
             };
             let done = shared.route(&bot, turn.clone());
             Ok(Submitted { turn, bot, done })

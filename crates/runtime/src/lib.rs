@@ -13,6 +13,7 @@
 
 pub mod bot;
 pub mod conversation;
+pub mod delivery;
 pub mod handler;
 pub mod handlers;
 pub mod ingress;
@@ -32,7 +33,10 @@ use botfleet_auth::inbound::{InboundError, InboundValidator};
 use thiserror::Error;
 
 pub use bot::{Bot, BotRegistry, RegistryError};
-pub use handler::{BotHandler, HandlerError, HandlerOutcome, RecordingHandler, Turn};
+pub use delivery::SendOutcome;
+pub use handler::{
+    BotHandler, HandlerError, HandlerOutcome, RecordingHandler, ReferenceState, Turn,
+};
 pub use ingress::{Inbound, Submitted};
 pub use metrics::Counters;
 
@@ -49,9 +53,9 @@ pub struct RuntimeConfig {
     pub tenant_idle: Duration,
     /// An unchanged reference is written again after this long, so `last_seen` moves.
     pub reference_touch_interval: Duration,
-    /// How long a handled activity id is remembered in the store, so that Teams'
-    /// resend is dropped by whichever replica gets it; `None` keeps only each
-    /// conversation actor's memory (enough for one replica).
+    /// How long a handled delivery ([`delivery::delivery_key`]) stays claimed in
+    /// the store, so that Teams' resend is dropped by whichever replica gets it;
+    /// `None` keeps only each conversation actor's memory (enough for one replica).
     pub duplicate_window: Option<Duration>,
     /// Most activities per second one tenant may send one bot through this
     /// replica; more are answered 429. `None`: no quota.
@@ -83,18 +87,72 @@ pub enum TurnOutcome {
 
 pub type TurnResult = Result<TurnOutcome, TurnError>;
 
+/// Why a validated activity was not handled. [`TurnError::resend_helps`] says
+/// what Teams gets back (`docs/turns.md`).
 #[derive(Debug, Clone, Error, PartialEq)]
 pub enum TurnError {
     #[error("the conversation store is unavailable: {0}")]
     Store(String),
+    /// The handler did not finish; [`HandlerFailure::kind`] says whether a
+    /// resend helps.
     #[error("{0}")]
-    Handler(String),
+    Handler(HandlerFailure),
     #[error("the bot handler panicked; the conversation actor carried on")]
     HandlerPanicked,
     #[error("botfleet is overloaded for this conversation or tenant; retry later")]
     Busy,
     #[error("this tenant sent more than its quota of {0} activities per second to this bot")]
     TenantQuota(u32),
+}
+
+/// A handler error, as a turn reports it (cloneable, so every waiter of the
+/// turn can get it).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct HandlerFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// The kind of a [`HandlerError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// [`HandlerError::Retry`]: the bot logic never ran or asked to be run again.
+    Retry,
+    /// [`HandlerError::Failed`]: the bot logic ran (or may have) and failed.
+    Failed,
+    /// [`HandlerError::Reply`]: a reply was not delivered; its outcome is recorded.
+    ReplyNotDelivered,
+}
+
+impl From<HandlerError> for HandlerFailure {
+    fn from(e: HandlerError) -> Self {
+        let kind = match &e {
+            HandlerError::Retry(_) => FailureKind::Retry,
+            HandlerError::Failed(_) => FailureKind::Failed,
+            HandlerError::Reply(_) => FailureKind::ReplyNotDelivered,
+        };
+        Self {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl TurnError {
+    /// True when Teams' resend is the cure and cannot duplicate a reply: the
+    /// activity was not taken in (store down, overload, quota), or its bot
+    /// logic never ran or asked to be run again. Then the delivery's claim is
+    /// given back and Teams gets a 4xx/5xx. False once the bot logic ran: the
+    /// claim is kept (a resend is dropped) and Teams gets 2xx, except that an
+    /// invoke, answered synchronously, gets 500.
+    pub fn resend_helps(&self) -> bool {
+        match self {
+            TurnError::Store(_) | TurnError::Busy | TurnError::TenantQuota(_) => true,
+            TurnError::Handler(f) => f.kind == FailureKind::Retry,
+            TurnError::HandlerPanicked => false,
+        }
+    }
 }
 
 #[derive(Debug, Error)]

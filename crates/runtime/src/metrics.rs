@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crate::delivery::SendOutcome;
+
 #[derive(Debug, Default)]
 pub struct Counters {
     pub activities_handled: AtomicU64,
@@ -16,6 +18,12 @@ pub struct Counters {
     pub tenant_actors_started_total: AtomicU64,
     pub actor_restarts: AtomicU64,
     pub tenant_quota_refusals: AtomicU64,
+    /// Sends (replies) by [`SendOutcome`], indexed in [`SendOutcome::ALL`] order.
+    pub sends: [AtomicU64; SendOutcome::ALL.len()],
+    /// References moved to another host by a send outcome (GCC).
+    pub references_moved: AtomicU64,
+    /// Send outcomes not applied because the reference changed since the send read it.
+    pub reference_outcomes_stale: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +58,20 @@ impl Counters {
     }
     pub(crate) fn tenant_quota_refused(&self) {
         self.tenant_quota_refusals.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn moved(&self) {
+        self.references_moved.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn outcome_stale(&self) {
+        self.reference_outcomes_stale.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn sent(&self, outcome: SendOutcome) {
+        self.sends[outcome.index()].fetch_add(1, Relaxed);
+    }
+    /// Sends by outcome label, for `/metrics`: `(label, count)` in
+    /// [`SendOutcome::ALL`] order, every label present (zero included).
+    pub fn sends_by_outcome(&self) -> [(&'static str, u64); SendOutcome::ALL.len()] {
+        SendOutcome::ALL.map(|o| (o.label(), self.sends[o.index()].load(Relaxed)))
     }
     pub(crate) fn restarted(&self) {
         self.actor_restarts.fetch_add(1, Relaxed);

@@ -1,19 +1,23 @@
-//! Replies from handlers, with what the Bot Connector's answer means for the
-//! stored conversation reference applied on the spot.
+//! Replies from handlers. What the Bot Connector answers is reported through
+//! [`crate::delivery::report_outcome`] (the reference's one writer), counted
+//! by outcome, and logged when the reply failed.
 
 use std::sync::Arc;
 
 use botfleet_connector::{BotClient, ConnectorError, Target};
 use botfleet_protocol::{Activity, ResourceResponse};
 use botfleet_store::conversations::ConversationStore;
+use thiserror::Error;
 
-use crate::now_ms;
+use crate::delivery::{self, SendOutcome};
+use crate::handler::Turn;
 
 /// Sends a bot's replies through the connector.
 ///
-/// A 403 roster/blocked/disabled or 404 answer deactivates the conversation's
-/// reference (no more sends until Teams tells us otherwise); a move to the GCC
-/// host rewrites it, so the next proactive send goes to the right place.
+/// A 403 roster/blocked/disabled or 404 `ConversationNotFound` answer
+/// deactivates the conversation's reference, a 403 `InvalidBotApiHost` moves it
+/// to the GCC host; both only if no newer inbound activity changed it since
+/// the turn began (its generation), and neither ever reactivates it.
 #[derive(Clone)]
 pub struct Replier {
     pub bot_id: Arc<str>,
@@ -21,64 +25,65 @@ pub struct Replier {
     pub store: Arc<dyn ConversationStore>,
 }
 
+/// A reply that was not delivered (or may not have been), with its outcome,
+/// already counted, logged and applied to the reference.
+#[derive(Debug, Error)]
+#[error("reply not delivered ({}): {error}", outcome.label())]
+pub struct ReplyError {
+    pub outcome: SendOutcome,
+    #[source]
+    pub error: ConnectorError,
+}
+
 impl Replier {
-    /// Replies to `to` (threaded with `replyToId` when it has an id).
+    /// Replies to the turn's activity (threaded with `replyToId` when it has an
+    /// id), at the host the conversation was moved to if it was.
+    ///
+    /// Errors: [`ReplyError`] with the connector's error; its outcome is
+    /// recorded before this returns, so callers need not log it again.
     pub async fn reply(
         &self,
-        to: &Activity,
+        turn: &Turn,
         reply: Activity,
-    ) -> Result<ResourceResponse, ConnectorError> {
-        let service_url = to.service_url.clone().unwrap_or_default();
-        let conversation_id = to.conversation_id().unwrap_or_default().to_owned();
-        let target = Target::new(service_url, conversation_id.clone(), to.tenant_id());
+    ) -> Result<ResourceResponse, ReplyError> {
+        let to = &turn.activity;
+        let service_url = turn
+            .reference
+            .service_url_moved_to
+            .clone()
+            .or_else(|| to.service_url.clone())
+            .unwrap_or_default();
+        let conversation_id = to.conversation_id().unwrap_or_default();
+        let target = Target::new(service_url, conversation_id, to.tenant_id());
         let result = match to.id.as_deref().filter(|s| !s.is_empty()) {
             Some(id) => self.client.reply(&target, id, &reply).await,
             None => self.client.send(&target, &reply).await,
         };
+        let outcome = SendOutcome::of(&result);
+        turn.counters.sent(outcome);
+        // Errors are logged inside; the reply's own outcome stands either way.
+        let _ = delivery::report_outcome(
+            self.store.as_ref(),
+            &turn.counters,
+            &self.bot_id,
+            conversation_id,
+            turn.reference.generation,
+            &delivery::reference_outcomes(&result),
+        )
+        .await;
         match result {
-            Ok(delivered) => {
-                if let Some(moved) = &delivered.service_url_moved_to {
-                    self.move_reference(&conversation_id, moved).await;
-                }
-                Ok(delivered.value)
+            Ok(delivered) => Ok(delivered.value),
+            Err(error) => {
+                tracing::warn!(
+                    bot = %self.bot_id,
+                    tenant = turn.tenant_id.as_deref().unwrap_or(""),
+                    outcome = outcome.label(),
+                    status = error.status(),
+                    error = %error,
+                    "reply not delivered; Teams was answered 2xx, a resend would not help"
+                );
+                Err(ReplyError { outcome, error })
             }
-            Err(e) => {
-                if let Some(moved) = e.service_url_moved_to() {
-                    self.move_reference(&conversation_id, moved).await;
-                }
-                if e.deactivates_reference() {
-                    let reason = match &e {
-                        ConnectorError::Failed(f) => f.code.clone(),
-                        _ => "connector_refused".to_owned(),
-                    };
-                    if let Err(se) = self
-                        .store
-                        .deactivate(&self.bot_id, &conversation_id, &reason, now_ms())
-                        .await
-                    {
-                        tracing::error!(bot = %self.bot_id, error = %se, "could not deactivate a conversation the Bot Connector refused");
-                    }
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn move_reference(&self, conversation_id: &str, service_url: &str) {
-        let stored = match self.store.get(&self.bot_id, conversation_id).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(bot = %self.bot_id, error = %e, "could not read a reference to move it to the GCC host");
-                return;
-            }
-        };
-        let mut reference = stored.reference;
-        reference.service_url = service_url.to_owned();
-        if let Err(e) = self.store.upsert(&self.bot_id, &reference, now_ms()).await {
-            tracing::error!(bot = %self.bot_id, error = %e, "could not move a reference to the GCC host");
-        } else {
-            tracing::info!(bot = %self.bot_id, %service_url, "conversation moved to the GCC host after InvalidBotApiHost");
         }
     }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use botfleet_auth::inbound::{BotTrust, InboundConfig, InboundValidator};
 use botfleet_auth::{Cloud, ServiceUrlAllowlist, TenantPolicy};
-use botfleet_protocol::{Activity, ConversationReference};
+use botfleet_protocol::Activity;
 use botfleet_store::conversations::{
-    ConversationStore, Counts, MemoryConversationStore, Page, StoreError, StoredConversation,
-    UpsertOutcome,
+    ConversationStore, Counts, DeliveryKey, InboundRecord, MemoryConversationStore, OutcomeApplied,
+    Page, Recorded, ReferenceOutcome, StoreError, StoredConversation,
 };
 use parking_lot::Mutex;
 use serde_json::json;
@@ -26,6 +26,8 @@ use crate::{Bot, BotRegistry, RuntimeConfig, TurnError, TurnOutcome};
 #[derive(Default)]
 struct Probe {
     texts: Mutex<Vec<String>>,
+    /// Where "gone" reports its outcome.
+    store: Mutex<Option<Arc<dyn ConversationStore>>>,
 }
 
 #[async_trait]
@@ -37,6 +39,25 @@ impl BotHandler for Probe {
         }
         if text == "fail" {
             return Err(HandlerError::Failed("webhook said no".into()));
+        }
+        if text == "retry" {
+            return Err(HandlerError::Retry("webhook not reachable".into()));
+        }
+        if text == "gone" {
+            // What a reply answered 403 reports: the reference's one writer.
+            let store = self.store.lock().clone().expect("store set by the fixture");
+            crate::delivery::report_outcome(
+                store.as_ref(),
+                &turn.counters,
+                &turn.bot_id,
+                turn.activity.conversation_id().unwrap_or_default(),
+                turn.reference.generation,
+                &[ReferenceOutcome::Unreachable {
+                    reason: "BotNotInConversationRoster",
+                }],
+            )
+            .await
+            .expect("outcome");
         }
         let n: u64 = text.trim_start_matches('m').parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(20u64.saturating_sub(n))).await;
@@ -63,14 +84,29 @@ impl Flaky {
 
 #[async_trait]
 impl ConversationStore for Flaky {
-    async fn upsert(
+    async fn record_inbound(
         &self,
         bot_id: &str,
-        reference: &ConversationReference,
-        now_ms: u64,
-    ) -> Result<UpsertOutcome, StoreError> {
+        record: &InboundRecord<'_>,
+    ) -> Result<Recorded, StoreError> {
         self.check()?;
-        self.inner.upsert(bot_id, reference, now_ms).await
+        self.inner.record_inbound(bot_id, record).await
+    }
+    async fn report_outcome(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        generation: u64,
+        outcome: &ReferenceOutcome<'_>,
+        now_ms: u64,
+    ) -> Result<OutcomeApplied, StoreError> {
+        self.check()?;
+        self.inner
+            .report_outcome(bot_id, conversation_id, generation, outcome, now_ms)
+            .await
+    }
+    async fn release_delivery(&self, bot_id: &str, key: &DeliveryKey) -> Result<(), StoreError> {
+        self.inner.release_delivery(bot_id, key).await
     }
     async fn get(
         &self,
@@ -88,42 +124,8 @@ impl ConversationStore for Flaky {
     ) -> Result<Page, StoreError> {
         self.inner.list(bot_id, tenant_id, cursor, limit).await
     }
-    async fn deactivate(
-        &self,
-        bot_id: &str,
-        conversation_id: &str,
-        reason: &str,
-        now_ms: u64,
-    ) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner
-            .deactivate(bot_id, conversation_id, reason, now_ms)
-            .await
-    }
     async fn count(&self, bot_id: &str, tenant_id: Option<&str>) -> Result<Counts, StoreError> {
         self.inner.count(bot_id, tenant_id).await
-    }
-    async fn claim_activity(
-        &self,
-        bot_id: &str,
-        conversation_id: &str,
-        activity_id: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner
-            .claim_activity(bot_id, conversation_id, activity_id, ttl)
-            .await
-    }
-    async fn release_activity(
-        &self,
-        bot_id: &str,
-        conversation_id: &str,
-        activity_id: &str,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .release_activity(bot_id, conversation_id, activity_id)
-            .await
     }
 }
 
@@ -136,11 +138,19 @@ struct Fixture {
 }
 
 fn fixture(config: RuntimeConfig) -> Fixture {
+    fixture_on(
+        config,
+        Arc::new(Flaky {
+            inner: MemoryConversationStore::new(),
+            down: AtomicBool::new(false),
+        }),
+    )
+}
+
+/// A runtime on `store`: two fixtures on one store are two replicas sharing Redis.
+fn fixture_on(config: RuntimeConfig, store: Arc<Flaky>) -> Fixture {
     let probe = Arc::new(Probe::default());
-    let store = Arc::new(Flaky {
-        inner: MemoryConversationStore::new(),
-        down: AtomicBool::new(false),
-    });
+    *probe.store.lock() = Some(store.clone());
     let cloud = Arc::new(Cloud::preset("public").expect("preset"));
     let trust = Arc::new(BotTrust {
         bot_id: "b".into(),
@@ -197,6 +207,8 @@ fn turn(conversation: &str, id: &str, text: &str) -> Turn {
         bot_id: Arc::from("b"),
         tenant_id: Some("t1".into()),
         activity: Arc::new(activity),
+        reference: Default::default(),
+        counters: Arc::default(),
     }
 }
 
@@ -327,13 +339,24 @@ async fn a_panicking_handler_does_not_take_the_conversation_down() {
         f.run(turn("c2", "3", "m3")).await,
         Ok(TurnOutcome::Handled(_))
     ));
-    // a failed turn is not remembered: Teams' resend gets another chance
+    // bot logic that ran and failed keeps its claim: a resend could repeat it
     assert!(matches!(
         f.run(turn("c1", "4", "fail")).await,
         Err(TurnError::Handler(_))
     ));
+    assert_eq!(
+        f.run(turn("c1", "4", "fail")).await,
+        Ok(TurnOutcome::Duplicate)
+    );
+    assert_eq!(
+        f.run(turn("c1", "1", "panic")).await,
+        Ok(TurnOutcome::Duplicate)
+    );
+    // bot logic that never ran gives it back: Teams' resend is handled
+    let retry = f.run(turn("c1", "5", "retry")).await;
+    assert!(matches!(&retry, Err(e) if e.resend_helps()), "{retry:?}");
     assert!(matches!(
-        f.run(turn("c1", "4", "m4")).await,
+        f.run(turn("c1", "5", "m5")).await,
         Ok(TurnOutcome::Handled(_))
     ));
 }
@@ -436,4 +459,111 @@ async fn a_tenant_over_its_quota_is_refused_before_any_conversation() {
         f.run(turn("q9", "1", "m19")).await,
         Ok(TurnOutcome::Handled(_))
     ));
+}
+
+fn event(conversation: &str, id: &str, kind: &str, event_type: Option<&str>, ts: &str) -> Turn {
+    let mut t = turn(conversation, id, "m19");
+    let a = Arc::make_mut(&mut t.activity);
+    a.kind = kind.into();
+    a.timestamp = Some(ts.into());
+    if let Some(e) = event_type {
+        a.channel_data = Some(json!({"eventType": e, "tenant": {"id": "t1"}}));
+    }
+    t
+}
+
+/// Teams gives edits, deletes and undeletes the original message's id: each is
+/// its own delivery, handled once; each one's resend is dropped, also by a
+/// second replica sharing the store.
+#[actix::test]
+async fn distinct_events_sharing_an_id_are_not_resends() {
+    let f = fixture(quick());
+    let events = [
+        event("e1", "1796", "message", None, "2026-11-30T10:00:00.001Z"),
+        event(
+            "e1",
+            "1796",
+            "messageUpdate",
+            Some("editMessage"),
+            "2026-11-30T10:00:09.46Z",
+        ),
+        event(
+            "e1",
+            "1796",
+            "messageDelete",
+            Some("softDeleteMessage"),
+            "2026-11-30T10:00:13.16Z",
+        ),
+        event(
+            "e1",
+            "1796",
+            "messageUpdate",
+            Some("undeleteMessage"),
+            "2026-11-30T10:00:20.1Z",
+        ),
+        // a second edit of the same message
+        event(
+            "e1",
+            "1796",
+            "messageUpdate",
+            Some("editMessage"),
+            "2026-11-30T10:00:31.5Z",
+        ),
+    ];
+    for e in &events {
+        let got = f.run(e.clone()).await;
+        assert!(
+            matches!(got, Ok(TurnOutcome::Handled(_))),
+            "{:?}: {got:?}",
+            e.activity.kind
+        );
+    }
+    assert_eq!(f.probe.texts.lock().len(), events.len());
+    for e in &events {
+        assert_eq!(f.run(e.clone()).await, Ok(TurnOutcome::Duplicate));
+    }
+    let other_replica = fixture_on(quick(), f.store.clone());
+    for e in &events {
+        assert_eq!(
+            other_replica.run(e.clone()).await,
+            Ok(TurnOutcome::Duplicate)
+        );
+    }
+    assert!(other_replica.probe.texts.lock().is_empty());
+    assert_eq!(
+        f.shared.counters.duplicates_dropped.load(Ordering::Relaxed),
+        events.len() as u64
+    );
+}
+
+/// A reference deactivated by a send outcome is active again on the user's
+/// next message, on this replica or another: no actor holds a stale copy.
+#[actix::test]
+async fn a_send_outcome_is_seen_by_the_next_activity() {
+    let f = fixture(quick());
+    f.run(turn("g1", "1", "m1")).await.expect("handled");
+    f.run(turn("g1", "2", "gone")).await.expect("handled");
+    let stored = f.store.get("b", "g1").await.expect("get").expect("stored");
+    assert!(!stored.active);
+    assert_eq!(
+        stored.inactive_reason.as_deref(),
+        Some("BotNotInConversationRoster")
+    );
+    f.run(turn("g1", "3", "m3")).await.expect("handled");
+    let stored = f.store.get("b", "g1").await.expect("get").expect("stored");
+    assert!(stored.active, "the next message did not reactivate it");
+    assert_eq!(stored.inactive_reason, None);
+    // and through a second replica whose actor for g1 is already running
+    let other = fixture_on(quick(), f.store.clone());
+    other.run(turn("g1", "4", "m4")).await.expect("handled");
+    f.run(turn("g1", "5", "gone")).await.expect("handled");
+    other.run(turn("g1", "6", "m6")).await.expect("handled");
+    assert!(
+        f.store
+            .get("b", "g1")
+            .await
+            .expect("get")
+            .expect("stored")
+            .active
+    );
 }

@@ -2,10 +2,12 @@
 //! 3-master Redis Cluster (started by scripts/test or scripts/redis-up).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use botfleet_protocol::{ChannelAccount, ConversationAccount, ConversationReference};
 use botfleet_store::conversations::{
-    ConversationStore, Counts, MemoryConversationStore, RedisConversationStore, StoreError,
+    ConversationStore, Counts, DeliveryKey, InboundChange, InboundRecord, MemoryConversationStore,
+    OutcomeApplied, Recorded, RedisConversationStore, ReferenceOutcome, ReferenceWrite, StoreError,
     UpsertOutcome, MAX_PAGE,
 };
 use botfleet_store::redis_pool::testing;
@@ -362,48 +364,359 @@ async fn bots_are_isolated(store: &dyn ConversationStore) {
     assert!(store.get("b", "same").await.expect("get").is_none());
 }
 
-async fn activity_claims(store: &dyn ConversationStore) {
-    use std::time::Duration;
-    let ttl = Duration::from_millis(400);
-    assert!(store
-        .claim_activity("bot", "c", "a1", ttl)
+fn seen(reference: &ConversationReference, touch_after: Duration) -> InboundChange<'_> {
+    InboundChange::Seen {
+        reference,
+        touch_after,
+    }
+}
+
+fn record<'a>(
+    conversation_id: &'a str,
+    claim: Option<DeliveryKey>,
+    change: InboundChange<'a>,
+    now_ms: u64,
+) -> InboundRecord<'a> {
+    InboundRecord {
+        conversation_id,
+        claim: claim.map(|k| (k, Duration::from_millis(400))),
+        change,
+        now_ms,
+    }
+}
+
+fn generation_of(r: &Recorded) -> u64 {
+    match r {
+        Recorded::Recorded { generation, .. } => *generation,
+        Recorded::Duplicate => panic!("unexpected duplicate"),
+    }
+}
+
+fn write_of(r: &Recorded) -> ReferenceWrite {
+    match r {
+        Recorded::Recorded { write, .. } => *write,
+        Recorded::Duplicate => panic!("unexpected duplicate"),
+    }
+}
+
+/// A claimed delivery is a duplicate until it expires or is released; a
+/// duplicate writes nothing.
+async fn delivery_claims(store: &dyn ConversationStore) {
+    let k1 = DeliveryKey::from_parts(&["c", "message", "", "a1", "t0"]);
+    let k2 = DeliveryKey::from_parts(&["c", "messageUpdate", "editMessage", "a1", "t1"]);
+    let r = reference("c", Some("t1"), AMER);
+    let first = store
+        .record_inbound("bot", &record("c", Some(k1), seen(&r, HOUR), 1_000))
         .await
-        .expect("claim"));
-    assert!(
-        !store
-            .claim_activity("bot", "c", "a1", ttl)
+        .expect("record");
+    assert_eq!(write_of(&first), ReferenceWrite::Created);
+    let moved = reference("c", Some("t1"), EMEA);
+    assert_eq!(
+        store
+            .record_inbound("bot", &record("c", Some(k1), seen(&moved, HOUR), 2_000))
             .await
-            .expect("claim"),
+            .expect("record"),
+        Recorded::Duplicate,
         "second claim won"
     );
-    // other ids, conversations and bots are independent
-    assert!(store
-        .claim_activity("bot", "c", "a2", ttl)
-        .await
-        .expect("claim"));
-    assert!(store
-        .claim_activity("bot", "c2", "a1", ttl)
-        .await
-        .expect("claim"));
-    assert!(store
-        .claim_activity("bot2", "c", "a1", ttl)
-        .await
-        .expect("claim"));
-    // released: claimable again (a failed turn gives Teams' resend a chance)
-    store
-        .release_activity("bot", "c", "a2")
-        .await
-        .expect("release");
-    assert!(store
-        .claim_activity("bot", "c", "a2", ttl)
-        .await
-        .expect("claim"));
+    let got = store.get("bot", "c").await.expect("get").expect("stored");
+    assert_eq!(
+        (got.reference.service_url.as_str(), got.last_seen_ms),
+        (AMER, 1_000),
+        "a duplicate wrote the reference"
+    );
+    // other deliveries and bots are independent
+    for (bot, key) in [("bot", k2), ("bot2", k1)] {
+        assert_ne!(
+            store
+                .record_inbound(bot, &record("c", Some(key), seen(&r, HOUR), 3_000))
+                .await
+                .expect("record"),
+            Recorded::Duplicate,
+            "{bot} {key}"
+        );
+    }
+    // released: claimable again (the bot logic never ran; Teams' resend gets a chance)
+    store.release_delivery("bot", &k2).await.expect("release");
+    assert_ne!(
+        store
+            .record_inbound("bot", &record("c", Some(k2), seen(&r, HOUR), 4_000))
+            .await
+            .expect("record"),
+        Recorded::Duplicate
+    );
+    // an uninstall is claimed the same way
+    let k3 = DeliveryKey::from_parts(&["c", "installationUpdate", "", "u1", "t3"]);
+    let ended = InboundChange::Ended {
+        reason: "uninstalled",
+    };
+    assert_eq!(
+        write_of(
+            &store
+                .record_inbound("bot", &record("c", Some(k3), ended, 5_000))
+                .await
+                .expect("record")
+        ),
+        ReferenceWrite::Deactivated
+    );
+    assert_eq!(
+        store
+            .record_inbound("bot", &record("c", Some(k3), ended, 5_001))
+            .await
+            .expect("record"),
+        Recorded::Duplicate
+    );
     // expired: claimable again
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(store
-        .claim_activity("bot", "c", "a1", ttl)
+    assert_ne!(
+        store
+            .record_inbound("bot", &record("c", Some(k1), seen(&r, HOUR), 6_000))
+            .await
+            .expect("record"),
+        Recorded::Duplicate
+    );
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// An unchanged reference is not written until the touch interval passed; a
+/// touch moves `last_seen` without a new generation; a change is a new one.
+async fn inbound_writes_only_what_changed(store: &dyn ConversationStore) {
+    let r = reference("w", Some("t1"), AMER);
+    let touch = Duration::from_millis(10_000);
+    let got = store
+        .record_inbound("bot", &record("w", None, seen(&r, touch), 1_000))
         .await
-        .expect("claim"));
+        .expect("record");
+    assert_eq!(
+        (write_of(&got), generation_of(&got)),
+        (ReferenceWrite::Created, 1)
+    );
+    let mut other_activity = r.clone();
+    other_activity.activity_id = Some("a2".into());
+    let got = store
+        .record_inbound(
+            "bot",
+            &record("w", None, seen(&other_activity, touch), 5_000),
+        )
+        .await
+        .expect("record");
+    assert_eq!(
+        (write_of(&got), generation_of(&got)),
+        (ReferenceWrite::Unchanged, 1)
+    );
+    let stored = store.get("bot", "w").await.expect("get").expect("stored");
+    assert_eq!((stored.last_seen_ms, stored.generation), (1_000, 1));
+    let got = store
+        .record_inbound("bot", &record("w", None, seen(&r, touch), 11_000))
+        .await
+        .expect("record");
+    assert_eq!(
+        (write_of(&got), generation_of(&got)),
+        (ReferenceWrite::Touched, 1)
+    );
+    let stored = store.get("bot", "w").await.expect("get").expect("stored");
+    assert_eq!((stored.last_seen_ms, stored.generation), (11_000, 1));
+    let moved = reference("w", Some("t1"), EMEA);
+    let got = store
+        .record_inbound("bot", &record("w", None, seen(&moved, touch), 12_000))
+        .await
+        .expect("record");
+    assert_eq!(
+        (write_of(&got), generation_of(&got)),
+        (ReferenceWrite::Updated, 2)
+    );
+    let stored = store.get("bot", "w").await.expect("get").expect("stored");
+    assert_eq!(stored.reference.service_url, EMEA);
+    assert_eq!((stored.first_seen_ms, stored.last_seen_ms), (1_000, 12_000));
+    // an uninstall of a conversation never stored leaves nothing behind
+    let got = store
+        .record_inbound(
+            "bot",
+            &record("never", None, InboundChange::Ended { reason: "x" }, 1),
+        )
+        .await
+        .expect("record");
+    assert_eq!(
+        (write_of(&got), generation_of(&got)),
+        (ReferenceWrite::Unknown, 0)
+    );
+    assert!(store.get("bot", "never").await.expect("get").is_none());
+}
+
+const GCC: &str = "https://smba.infra.gcc.teams.microsoft.com/";
+
+/// Send outcomes apply only to the generation the send read, never reactivate,
+/// and a move survives inbound activities that still name the old host.
+async fn outcomes_follow_generations(store: &dyn ConversationStore) {
+    let r = reference("o", Some("t1"), AMER);
+    let gone = ReferenceOutcome::Unreachable {
+        reason: "BotNotInConversationRoster",
+    };
+    let to_gcc = ReferenceOutcome::Moved { service_url: GCC };
+    let count = |active| Counts { total: 1, active };
+    assert_eq!(
+        store
+            .report_outcome("bot", "o", 0, &gone, 1)
+            .await
+            .expect("outcome"),
+        OutcomeApplied::Unknown
+    );
+    let g1 = generation_of(
+        &store
+            .record_inbound("bot", &record("o", None, seen(&r, HOUR), 1_000))
+            .await
+            .expect("record"),
+    );
+    // 403: deactivated, once
+    assert_eq!(
+        store
+            .report_outcome("bot", "o", g1, &gone, 2_000)
+            .await
+            .expect("outcome"),
+        OutcomeApplied::Applied { generation: g1 + 1 }
+    );
+    assert_eq!(
+        store
+            .report_outcome("bot", "o", g1 + 1, &gone, 2_500)
+            .await
+            .expect("outcome"),
+        OutcomeApplied::Unchanged
+    );
+    let stored = store.get("bot", "o").await.expect("get").expect("stored");
+    assert!(!stored.active);
+    assert_eq!(
+        (stored.inactive_reason.as_deref(), stored.inactive_since_ms),
+        (Some("BotNotInConversationRoster"), Some(2_000))
+    );
+    assert_eq!(
+        store.count("bot", Some("t1")).await.expect("count"),
+        count(0)
+    );
+    // a move does not reactivate
+    assert_eq!(
+        store
+            .report_outcome("bot", "o", g1 + 1, &to_gcc, 2_600)
+            .await
+            .expect("outcome"),
+        OutcomeApplied::Applied { generation: g1 + 2 }
+    );
+    let stored = store.get("bot", "o").await.expect("get").expect("stored");
+    assert!(!stored.active);
+    assert_eq!(stored.reference.service_url, GCC);
+    // the user writes again (from the old host): active, reason cleared, still moved
+    let got = store
+        .record_inbound("bot", &record("o", None, seen(&r, HOUR), 3_000))
+        .await
+        .expect("record");
+    assert_eq!(
+        got,
+        Recorded::Recorded {
+            write: ReferenceWrite::Reactivated,
+            generation: g1 + 3,
+            service_url_moved_to: Some(GCC.to_owned()),
+        }
+    );
+    let stored = store.get("bot", "o").await.expect("get").expect("stored");
+    assert!(stored.active);
+    assert_eq!(
+        (
+            stored.inactive_reason,
+            stored.inactive_since_ms,
+            stored.last_seen_ms
+        ),
+        (None, None, 3_000)
+    );
+    assert_eq!(stored.reference.service_url, GCC);
+    assert_eq!(
+        store.count("bot", Some("t1")).await.expect("count"),
+        count(1)
+    );
+    assert_eq!(store.count("bot", None).await.expect("count"), count(1));
+    // a 403 of a send that read an older generation is stale
+    assert_eq!(
+        store
+            .report_outcome("bot", "o", g1 + 2, &gone, 3_100)
+            .await
+            .expect("outcome"),
+        OutcomeApplied::Stale
+    );
+    assert!(
+        store
+            .get("bot", "o")
+            .await
+            .expect("get")
+            .expect("stored")
+            .active
+    );
+    // Teams names a new host: it wins over the move
+    let emea = reference("o", Some("t1"), EMEA);
+    let got = store
+        .record_inbound("bot", &record("o", None, seen(&emea, HOUR), 4_000))
+        .await
+        .expect("record");
+    assert_eq!(
+        got,
+        Recorded::Recorded {
+            write: ReferenceWrite::Updated,
+            generation: g1 + 4,
+            service_url_moved_to: None,
+        }
+    );
+    assert_eq!(
+        store
+            .get("bot", "o")
+            .await
+            .expect("get")
+            .expect("stored")
+            .reference
+            .service_url,
+        EMEA
+    );
+    // uninstalled while a send was in flight: its late outcomes change nothing
+    let before_uninstall = g1 + 4;
+    assert_eq!(
+        write_of(
+            &store
+                .record_inbound(
+                    "bot",
+                    &record(
+                        "o",
+                        None,
+                        InboundChange::Ended {
+                            reason: "uninstalled"
+                        },
+                        5_000
+                    )
+                )
+                .await
+                .expect("record")
+        ),
+        ReferenceWrite::Deactivated
+    );
+    assert_eq!(
+        store
+            .report_outcome("bot", "o", before_uninstall, &to_gcc, 5_100)
+            .await
+            .expect("outcome"),
+        OutcomeApplied::Stale
+    );
+    assert_eq!(
+        store
+            .report_outcome("bot", "o", before_uninstall, &gone, 5_200)
+            .await
+            .expect("outcome"),
+        OutcomeApplied::Unchanged
+    );
+    let stored = store.get("bot", "o").await.expect("get").expect("stored");
+    assert!(!stored.active);
+    assert_eq!(stored.inactive_reason.as_deref(), Some("uninstalled"));
+    assert_eq!(stored.reference.service_url, EMEA);
+    assert_eq!(stored.generation, g1 + 5);
+    assert_eq!(
+        store.count("bot", Some("t1")).await.expect("count"),
+        count(0)
+    );
 }
 
 macro_rules! suite {
@@ -436,8 +749,16 @@ macro_rules! suite {
                 super::bots_are_isolated(&$make).await;
             }
             #[tokio::test]
-            async fn activity_claims() {
-                super::activity_claims(&$make).await;
+            async fn delivery_claims() {
+                super::delivery_claims(&$make).await;
+            }
+            #[tokio::test]
+            async fn inbound_writes_only_what_changed() {
+                super::inbound_writes_only_what_changed(&$make).await;
+            }
+            #[tokio::test]
+            async fn outcomes_follow_generations() {
+                super::outcomes_follow_generations(&$make).await;
             }
         }
     };
@@ -452,3 +773,39 @@ suite!(
     redis_cluster,
     RedisConversationStore::new(testing::cluster(), &testing::unique_prefix("conv"))
 );
+
+/// Claim keys are fixed-size whatever the ids: 10 KB of activity id and
+/// conversation id make a key no longer than a short one.
+#[tokio::test]
+async fn redis_claim_keys_stay_bounded() {
+    let prefix = testing::unique_prefix("claimsize");
+    let pool = testing::single();
+    let store = RedisConversationStore::new(pool.clone(), &prefix);
+    let long = "x".repeat(10_000);
+    let conversation = format!("a:{long}");
+    let r = reference(&conversation, Some("t1"), AMER);
+    let key = DeliveryKey::from_parts(&[&conversation, "message", "", &long, "t"]);
+    store
+        .record_inbound("bot", &record(&conversation, Some(key), seen(&r, HOUR), 1))
+        .await
+        .expect("record");
+    let mut conn = pool.get().await.expect("conn");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:seen:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].len() < prefix.len() + 64, "{}", keys[0]);
+}
+
+#[test]
+fn delivery_keys_are_fixed_size_and_unambiguous() {
+    let a = DeliveryKey::from_parts(&["ab", "c"]);
+    assert_ne!(a, DeliveryKey::from_parts(&["a", "bc"]));
+    assert_ne!(a, DeliveryKey::from_parts(&["abc"]));
+    assert_eq!(a, DeliveryKey::from_parts(&["ab", "c"]));
+    assert_eq!(a.to_string().len(), 32);
+    let huge = "x".repeat(100_000);
+    assert_eq!(DeliveryKey::from_parts(&[&huge]).to_string().len(), 32);
+}

@@ -26,10 +26,7 @@ impl BotHandler for EchoHandler {
         if text.is_empty() {
             return Ok(HandlerOutcome::Done);
         }
-        self.replier
-            .reply(&turn.activity, turn.activity.reply(text))
-            .await
-            .map_err(|e| HandlerError::Failed(format!("echo reply not delivered: {e}")))?;
+        self.replier.reply(turn, turn.activity.reply(text)).await?;
         Ok(HandlerOutcome::Done)
     }
 }

@@ -27,9 +27,8 @@ impl BotHandler for NotifyOnlyHandler {
             return Ok(HandlerOutcome::Done);
         }
         self.replier
-            .reply(&turn.activity, turn.activity.reply(self.text.clone()))
-            .await
-            .map_err(|e| HandlerError::Failed(format!("notify-only answer not delivered: {e}")))?;
+            .reply(turn, turn.activity.reply(self.text.clone()))
+            .await?;
         Ok(HandlerOutcome::Done)
     }
 }

@@ -117,19 +117,28 @@ impl WebhookHandler {
         })
     }
 
-    /// Webhook calls that failed (timeout, non-2xx, unreadable answer).
+    /// Webhook calls that failed (unreachable, timeout, non-2xx, unreadable answer).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
-    fn fail(&self, message: String) -> HandlerError {
+    fn fail(&self, error: HandlerError) -> HandlerError {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        HandlerError::Failed(message)
+        error
     }
 
+    /// Calls the webhook. What a failure means for Teams (`docs/turns.md`):
+    /// - not connected (refused, DNS, TLS): the bot logic never ran -> `Retry`;
+    /// - answered 408, 429 or 5xx: the webhook asks to be called again, and
+    ///   botfleet sent no reply of it -> `Retry`;
+    /// - timed out or lost the connection after sending, answered another
+    ///   status, or an unreadable answer: it ran, or may have -> `Failed`.
     async fn call(&self, activity: &Activity) -> Result<Answer, HandlerError> {
-        let body = serde_json::to_vec(activity)
-            .map_err(|e| self.fail(format!("activity not serialisable: {e}")))?;
+        let body = serde_json::to_vec(activity).map_err(|e| {
+            self.fail(HandlerError::Failed(format!(
+                "activity not serialisable: {e}"
+            )))
+        })?;
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -145,25 +154,36 @@ impl WebhookHandler {
             .send()
             .await
             .map_err(|e| {
-                if e.is_timeout() {
-                    self.fail(format!(
-                        "webhook {url} did not answer within {:?}",
+                self.fail(if e.is_connect() {
+                    HandlerError::Retry(format!("webhook {url} could not be connected to: {e}"))
+                } else if e.is_timeout() {
+                    HandlerError::Failed(format!(
+                        "webhook {url} did not answer within {:?}; it may have acted",
                         self.config.timeout
                     ))
                 } else {
-                    self.fail(format!("webhook {url} unreachable: {e}"))
-                }
+                    HandlerError::Failed(format!(
+                        "webhook {url} failed after the request was sent: {e}"
+                    ))
+                })
             })?;
         let status = resp.status();
-        let bytes = read_limited(resp)
-            .await
-            .map_err(|e| self.fail(format!("webhook {url} answer not read: {e}")))?;
+        let bytes = read_limited(resp).await.map_err(|e| {
+            self.fail(HandlerError::Failed(format!(
+                "webhook {url} answer not read: {e}"
+            )))
+        })?;
         if !status.is_success() {
             let snippet: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-            return Err(self.fail(format!(
-                "webhook {url} answered HTTP {}: {snippet}",
-                status.as_u16()
-            )));
+            let message = format!("webhook {url} answered HTTP {}: {snippet}", status.as_u16());
+            let asks_again = status.is_server_error()
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+            return Err(self.fail(if asks_again {
+                HandlerError::Retry(message)
+            } else {
+                HandlerError::Failed(message)
+            }));
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Answer::default());
@@ -174,9 +194,9 @@ impl WebhookHandler {
                 replies,
                 invoke_response: None,
             }),
-            Err(e) => Err(self.fail(format!(
+            Err(e) => Err(self.fail(HandlerError::Failed(format!(
                 "webhook {url} answered something that is not {{\"replies\":[...],\"invokeResponse\":...}}: {e}"
-            ))),
+            )))),
         }
     }
 }
@@ -212,23 +232,31 @@ fn addressed(inbound: &Activity, mut reply: Activity) -> Activity {
 impl BotHandler for WebhookHandler {
     async fn on_turn(&self, turn: &Turn) -> Result<HandlerOutcome, HandlerError> {
         let answer = self.call(&turn.activity).await?;
+        let mut undelivered = None;
         if !answer.replies.is_empty() {
             let replier = self.replier.as_ref().ok_or_else(|| {
-                self.fail("the webhook answered with replies but this bot has no app_password to send them".into())
+                self.fail(HandlerError::Failed("the webhook answered with replies but this bot has no app_password to send them".into()))
             })?;
             for reply in answer.replies {
-                replier
-                    .reply(&turn.activity, addressed(&turn.activity, reply))
-                    .await
-                    .map_err(|e| self.fail(format!("webhook reply not delivered: {e}")))?;
+                // The first failure ends the batch: later replies would arrive
+                // without the one before them.
+                if let Err(e) = replier.reply(turn, addressed(&turn.activity, reply)).await {
+                    undelivered = Some(e);
+                    break;
+                }
             }
         }
         if turn.activity.activity_type() == ActivityType::Invoke {
+            // The invoke's answer is synchronous and stands; a failed reply is
+            // already recorded.
             return Ok(HandlerOutcome::Invoke(
                 answer.invoke_response.unwrap_or(InvokeResponse::ok(None)),
             ));
         }
-        Ok(HandlerOutcome::Done)
+        match undelivered {
+            Some(e) => Err(HandlerError::Reply(e)),
+            None => Ok(HandlerOutcome::Done),
+        }
     }
 }
 

@@ -11,12 +11,17 @@
 //! | key | type | content |
 //! | --- | --- | --- |
 //! | `<P>:bf1:conv:{<bot>}:refs` | HASH | conversation id -> reference JSON (as given, never re-encoded) |
-//! | `<P>:bf1:conv:{<bot>}:meta` | HASH | conversation id -> `{"t":tenant,"f":first_seen,"l":last_seen,"a":0/1,"r":reason,"s":inactive_since}` |
+//! | `<P>:bf1:conv:{<bot>}:meta` | HASH | conversation id -> `{"t":tenant,"f":first_seen,"l":last_seen,"a":0/1,"r":reason,"s":inactive_since,"g":generation,"h":reach fingerprint,"m":moved-to serviceUrl}` |
 //! | `<P>:bf1:conv:{<bot>}:ids` | ZSET | every conversation id, score 0 (lexicographic order) |
 //! | `<P>:bf1:conv:{<bot>}:tenant:<tenant>` | ZSET | the conversation ids of one tenant, score 0 |
 //! | `<P>:bf1:conv:{<bot>}:counts` | HASH | `total`, `active`, `t:<tenant>:total`, `t:<tenant>:active` |
-//! | `<P>:bf1:seen:<bot>:<conversation>:<activity id>` | STRING | claim of one inbound activity (`SET NX PX`), no hash tag: single-key, spread over the cluster |
+//! | `<P>:bf1:seen:{<bot>}:<delivery key>` | STRING | claim of one delivery of an inbound activity (`SET NX PX`); the key is 32 hex digits whatever the ids |
 //!
+//! - one inbound activity: one script that claims its delivery and writes the
+//!   reference only when it changed, was inactive or is due a `last_seen` touch
+//!   (one round trip; the claim lives in the bot's slot so the script may touch it);
+//! - a send outcome: one script that applies it only to the generation the send
+//!   read, and never reactivates;
 //! - get by id: one script reading `refs` and `meta` (one round trip);
 //! - list by bot / by tenant: `ZRANGEBYLEX` after the cursor's id on `ids` /
 //!   `tenant:<tenant>`, then `HMGET` of that page, in one script; no SCAN;
@@ -34,37 +39,103 @@ use redis::Script;
 use serde::Deserialize;
 
 use super::{
-    check_reference, decode_cursor, encode_cursor, page_size, tenant_of, ConversationStore, Counts,
-    Page, StoreError, StoredConversation, UpsertOutcome,
+    check_record, decode_cursor, encode_cursor, page_size, reach_fingerprint, tenant_of,
+    ConversationStore, Counts, DeliveryKey, InboundChange, InboundRecord, OutcomeApplied, Page,
+    Recorded, ReferenceOutcome, ReferenceWrite, StoreError, StoredConversation,
 };
 use crate::redis_pool::{RedisConn, RedisPool, RedisPoolError, KEY_SCHEMA};
 
-/// A tenant change racing with another one makes the upsert script ask again
+/// A tenant change racing with another one makes the record script ask again
 /// with the tenant it found; this bounds those retries.
 const UPSERT_ATTEMPTS: usize = 5;
 
-/// KEYS: refs, meta, ids, counts, new tenant zset (or ids), old tenant zset guess (or ids).
-/// ARGV: id, reference json, new tenant ('' = none), new tenant as JSON, now_ms,
-/// guessed old tenant ('' = none).
-const UPSERT: &str = r#"
-local id, new_t, now, guess = ARGV[1], ARGV[3], tonumber(ARGV[5]), ARGV[6]
-local counts = KEYS[4]
-local raw = redis.call('HGET', KEYS[2], id)
-local first = now
-local outcome
+/// Helpers shared by the write scripts. `save` writes one meta record; numbers
+/// are formatted with `%d` because cjson decodes them as doubles.
+const PRELUDE: &str = r#"
+local function str(v) if v == nil or v == cjson.null then return nil end return v end
+local function num(v) if v == nil or v == cjson.null then return 0 end return tonumber(v) end
+local function enc(v) if v == nil then return 'null' end return cjson.encode(v) end
+local function int_or_null(v) if v == nil or v == cjson.null then return 'null' end return string.format('%d', v) end
+local function save(meta, id, t_json, f, l, a, r_json, s, g, h, mv)
+  redis.call('HSET', meta, id, string.format(
+    '{"t":%s,"f":%d,"l":%d,"a":%d,"r":%s,"s":%s,"g":%d,"h":%s,"m":%s}',
+    t_json, f, l, a, r_json, s, g, enc(h), enc(mv)))
+end
+"#;
+
+/// KEYS: refs, meta, ids, counts, new tenant zset (or ids), old tenant zset
+/// guess (or ids), claim key (or refs when nothing is claimed).
+/// ARGV: id, mode (`seen`/`ended`), reference json, new tenant ('' = none), new
+/// tenant as JSON, now_ms, guessed old tenant ('' = none), reach fingerprint,
+/// touch_after_ms, claim ttl ms ('0' = no claim), reason as JSON.
+/// Returns `{'duplicate'}`, `{'retry', stored tenant}` (nothing done) or
+/// `{write, generation, moved-to url or ''}`.
+const RECORD: &str = r#"
+local id, mode, now = ARGV[1], ARGV[2], tonumber(ARGV[6])
+local meta, counts = KEYS[2], KEYS[4]
+local raw = redis.call('HGET', meta, id)
+local m, g, old_t, mv = nil, 0, '', nil
 if raw then
-  local m = cjson.decode(raw)
-  local old_t = m.t
-  if old_t == nil or old_t == cjson.null then old_t = '' end
-  if old_t ~= guess then return {'retry', old_t} end
+  m = cjson.decode(raw)
+  g, old_t, mv = num(m.g), str(m.t) or '', str(m.m)
+end
+local write
+if mode == 'seen' then
+  if not m then
+    write = 'created'
+  else
+    local same = (str(m.h) == ARGV[8])
+    local active = (m.a == 1)
+    if same and active then
+      if now - m.l < tonumber(ARGV[9]) then write = 'unchanged' else write = 'touched' end
+    elseif not active then
+      write = 'reactivated'
+    else
+      write = 'updated'
+    end
+    -- Only a different reference can change the tenant, whose zset must be a declared key.
+    if not same and old_t ~= ARGV[7] then return {'retry', old_t} end
+  end
+elseif not m then
+  write = 'unknown'
+elseif m.a ~= 1 then
+  write = 'already_inactive'
+else
+  write = 'deactivated'
+end
+if ARGV[10] ~= '0' then
+  if not redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[10]) then return {'duplicate'} end
+end
+if write == 'unchanged' or write == 'unknown' or write == 'already_inactive' then
+  return {write, string.format('%d', g), mv or ''}
+end
+if mode == 'ended' then
+  local t_json = 'null'
+  if old_t ~= '' then
+    redis.call('HINCRBY', counts, 't:' .. old_t .. ':active', -1)
+    t_json = cjson.encode(old_t)
+  end
+  redis.call('HINCRBY', counts, 'active', -1)
+  g = g + 1
+  save(meta, id, t_json, m.f, m.l, 0, ARGV[11], string.format('%d', now), g, str(m.h), mv)
+  return {write, string.format('%d', g), mv or ''}
+end
+local new_t = ARGV[4]
+local first = now
+if write == 'created' then
+  g = 1
+  redis.call('ZADD', KEYS[3], 0, id)
+  redis.call('HINCRBY', counts, 'total', 1)
+  redis.call('HINCRBY', counts, 'active', 1)
+  if new_t ~= '' then
+    redis.call('ZADD', KEYS[5], 0, id)
+    redis.call('HINCRBY', counts, 't:' .. new_t .. ':total', 1)
+    redis.call('HINCRBY', counts, 't:' .. new_t .. ':active', 1)
+  end
+else
   first = m.f
   local was_active = (m.a == 1)
-  if was_active then
-    outcome = 'updated'
-  else
-    outcome = 'reactivated'
-    redis.call('HINCRBY', counts, 'active', 1)
-  end
+  if not was_active then redis.call('HINCRBY', counts, 'active', 1) end
   if old_t ~= new_t then
     if old_t ~= '' then
       redis.call('ZREM', KEYS[6], id)
@@ -79,38 +150,46 @@ if raw then
   elseif new_t ~= '' and not was_active then
     redis.call('HINCRBY', counts, 't:' .. new_t .. ':active', 1)
   end
-else
-  outcome = 'created'
-  redis.call('ZADD', KEYS[3], 0, id)
-  redis.call('HINCRBY', counts, 'total', 1)
-  redis.call('HINCRBY', counts, 'active', 1)
-  if new_t ~= '' then
-    redis.call('ZADD', KEYS[5], 0, id)
-    redis.call('HINCRBY', counts, 't:' .. new_t .. ':total', 1)
-    redis.call('HINCRBY', counts, 't:' .. new_t .. ':active', 1)
-  end
+  if write ~= 'touched' then g = g + 1 end
+  -- Teams names a new way to reach it: that wins over an earlier move.
+  if str(m.h) ~= ARGV[8] then mv = nil end
 end
-redis.call('HSET', KEYS[1], id, ARGV[2])
-redis.call('HSET', KEYS[2], id,
-  string.format('{"t":%s,"f":%d,"l":%d,"a":1,"r":null,"s":null}', ARGV[4], first, now))
-return {outcome}
+redis.call('HSET', KEYS[1], id, ARGV[3])
+save(meta, id, ARGV[5], first, now, 1, 'null', 'null', g, ARGV[8], mv)
+return {write, string.format('%d', g), mv or ''}
 "#;
 
-/// KEYS: meta, counts. ARGV: id, reason as JSON, now_ms.
-const DEACTIVATE: &str = r#"
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
+/// KEYS: refs, meta, counts. ARGV: id, kind (`unreachable`/`moved`), the
+/// generation the send read, reason as JSON / the new serviceUrl, now_ms.
+/// Returns `{'unknown'}`, `{'unchanged'}`, `{'stale'}` or `{'applied', generation}`.
+const OUTCOME: &str = r#"
+local id, kind = ARGV[1], ARGV[2]
+local raw = redis.call('HGET', KEYS[2], id)
+if not raw then return {'unknown'} end
 local m = cjson.decode(raw)
-if m.a ~= 1 then return 1 end
-local t_json = 'null'
-if m.t ~= nil and m.t ~= cjson.null then
-  redis.call('HINCRBY', KEYS[2], 't:' .. m.t .. ':active', -1)
-  t_json = cjson.encode(m.t)
+local g, t, mv = num(m.g), str(m.t), str(m.m)
+if kind == 'unreachable' then
+  if m.a ~= 1 then return {'unchanged'} end
+else
+  local current = mv
+  if current == nil then
+    local ref = redis.call('HGET', KEYS[1], id)
+    if ref then current = str(cjson.decode(ref).serviceUrl) end
+  end
+  if current == ARGV[4] then return {'unchanged'} end
 end
-redis.call('HINCRBY', KEYS[2], 'active', -1)
-redis.call('HSET', KEYS[1], ARGV[1],
-  string.format('{"t":%s,"f":%d,"l":%d,"a":0,"r":%s,"s":%d}', t_json, m.f, m.l, ARGV[2], tonumber(ARGV[3])))
-return 1
+if g ~= tonumber(ARGV[3]) then return {'stale'} end
+g = g + 1
+local t_json = 'null'
+if t then t_json = cjson.encode(t) end
+if kind == 'unreachable' then
+  if t then redis.call('HINCRBY', KEYS[3], 't:' .. t .. ':active', -1) end
+  redis.call('HINCRBY', KEYS[3], 'active', -1)
+  save(KEYS[2], id, t_json, m.f, m.l, 0, ARGV[4], string.format('%d', tonumber(ARGV[5])), g, str(m.h), mv)
+else
+  save(KEYS[2], id, t_json, m.f, m.l, m.a, enc(str(m.r)), int_or_null(m.s), g, str(m.h), ARGV[4])
+end
+return {'applied', string.format('%d', g)}
 "#;
 
 /// KEYS: ordering zset, refs, meta. ARGV: ZRANGEBYLEX min, count.
@@ -142,14 +221,20 @@ struct Meta {
     a: u8,
     r: Option<String>,
     s: Option<u64>,
+    /// Absent in records written before generations: 0.
+    #[serde(default)]
+    g: u64,
+    /// The serviceUrl a send outcome moved the conversation to.
+    #[serde(default)]
+    m: Option<String>,
 }
 
 /// Conversation references in Redis; see the module comment for the layout.
 pub struct RedisConversationStore {
     pool: RedisPool,
     prefix: String,
-    upsert: Script,
-    deactivate: Script,
+    record: Script,
+    outcome: Script,
     list: Script,
     get: Script,
 }
@@ -215,8 +300,8 @@ impl RedisConversationStore {
         Self {
             pool,
             prefix,
-            upsert: Script::new(UPSERT),
-            deactivate: Script::new(DEACTIVATE),
+            record: Script::new(&format!("{PRELUDE}{RECORD}")),
+            outcome: Script::new(&format!("{PRELUDE}{OUTCOME}")),
             list: Script::new(LIST),
             get: Script::new(GET),
         }
@@ -228,15 +313,14 @@ impl RedisConversationStore {
         }
     }
 
-    /// One key per claimed activity, without a hash tag: claims are single-key
-    /// operations, so they spread over the whole cluster.
-    fn claim_key(&self, bot_id: &str, conversation_id: &str, activity_id: &str) -> String {
+    /// One key per claimed delivery, in the bot's slot so that the script that
+    /// records an inbound activity claims it and writes the reference at once.
+    /// Its size is fixed but for the prefix and bot id (configuration).
+    fn claim_key(&self, bot_id: &str, key: &DeliveryKey) -> String {
         format!(
-            "{}{KEY_SCHEMA}:seen:{}:{}:{}",
+            "{}{KEY_SCHEMA}:seen:{{{}}}:{key}",
             self.prefix,
-            escape(bot_id),
-            escape(conversation_id),
-            escape(activity_id)
+            escape(bot_id)
         )
     }
 
@@ -265,6 +349,10 @@ impl RedisConversationStore {
             serde_json::from_str(&reference).map_err(|e| corrupt(format!("reference: {e}")))?;
         let meta: Meta =
             serde_json::from_str(&meta).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        let mut reference = reference;
+        if let Some(moved) = meta.m {
+            reference.service_url = moved;
+        }
         Ok(StoredConversation {
             bot_id: bot_id.to_owned(),
             tenant_id: meta.t,
@@ -274,25 +362,72 @@ impl RedisConversationStore {
             active: meta.a == 1,
             inactive_reason: meta.r,
             inactive_since_ms: meta.s,
+            generation: meta.g,
         })
     }
 }
 
+fn parse_write(write: &str) -> Result<ReferenceWrite, StoreError> {
+    Ok(match write {
+        "created" => ReferenceWrite::Created,
+        "updated" => ReferenceWrite::Updated,
+        "reactivated" => ReferenceWrite::Reactivated,
+        "touched" => ReferenceWrite::Touched,
+        "unchanged" => ReferenceWrite::Unchanged,
+        "deactivated" => ReferenceWrite::Deactivated,
+        "already_inactive" => ReferenceWrite::AlreadyInactive,
+        "unknown" => ReferenceWrite::Unknown,
+        other => {
+            return Err(unavailable(format!(
+                "unexpected record script write {other:?}"
+            )))
+        }
+    })
+}
+
 #[async_trait]
 impl ConversationStore for RedisConversationStore {
-    async fn upsert(
+    async fn record_inbound(
         &self,
         bot_id: &str,
-        reference: &ConversationReference,
-        now_ms: u64,
-    ) -> Result<UpsertOutcome, StoreError> {
-        check_reference(reference)?;
-        let id = &reference.conversation.id;
-        let tenant = tenant_of(reference);
+        record: &InboundRecord<'_>,
+    ) -> Result<Recorded, StoreError> {
+        let reference = check_record(record)?;
+        let id = record.conversation_id;
         let keys = self.keys(bot_id);
-        let reference_json = serde_json::to_string(reference).map_err(unavailable)?;
+        let (mode, reference_json, tenant, fingerprint, touch_ms, reason_json) =
+            match (record.change, reference) {
+                (InboundChange::Seen { touch_after, .. }, Some(r)) => (
+                    "seen",
+                    serde_json::to_string(r).map_err(unavailable)?,
+                    tenant_of(r),
+                    reach_fingerprint(r),
+                    u64::try_from(touch_after.as_millis()).unwrap_or(u64::MAX),
+                    "null".to_owned(),
+                ),
+                (InboundChange::Ended { reason }, _) => (
+                    "ended",
+                    String::new(),
+                    None,
+                    String::new(),
+                    0,
+                    serde_json::to_string(reason).map_err(unavailable)?,
+                ),
+                (InboundChange::Seen { .. }, None) => {
+                    return Err(StoreError::InvalidReference(
+                        "an inbound reference is missing",
+                    ))
+                }
+            };
         let tenant_json = serde_json::to_string(&tenant).map_err(unavailable)?;
         let new_tenant_key = tenant.map_or_else(|| keys.ids(), |t| keys.tenant(t));
+        let (claim_key, claim_ttl_ms) = match &record.claim {
+            Some((key, ttl)) => (
+                self.claim_key(bot_id, key),
+                u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            ),
+            None => (keys.refs(), 0),
+        };
         let mut conn = self.conn().await?;
         // The tenant rarely changes: guess it did not, and let the script tell
         // us the stored one if it did (it must be a declared key to touch it).
@@ -304,35 +439,104 @@ impl ConversationStore for RedisConversationStore {
                 keys.tenant(&guess)
             };
             let reply: Vec<String> = self
-                .upsert
+                .record
                 .key(keys.refs())
                 .key(keys.meta())
                 .key(keys.ids())
                 .key(keys.counts())
                 .key(&new_tenant_key)
                 .key(old_tenant_key)
+                .key(&claim_key)
                 .arg(id)
+                .arg(mode)
                 .arg(&reference_json)
                 .arg(tenant.unwrap_or_default())
                 .arg(&tenant_json)
-                .arg(now_ms)
+                .arg(record.now_ms)
                 .arg(&guess)
+                .arg(&fingerprint)
+                .arg(touch_ms)
+                .arg(claim_ttl_ms)
+                .arg(&reason_json)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             match reply.as_slice() {
-                [o] if o == "created" => return Ok(UpsertOutcome::Created),
-                [o] if o == "updated" => return Ok(UpsertOutcome::Updated),
-                [o] if o == "reactivated" => return Ok(UpsertOutcome::Reactivated),
+                [d] if d == "duplicate" => return Ok(Recorded::Duplicate),
                 [retry, stored] if retry == "retry" => guess = stored.clone(),
+                [write, generation, moved] => {
+                    return Ok(Recorded::Recorded {
+                        write: parse_write(write)?,
+                        generation: generation.parse::<u64>().map_err(|_| {
+                            unavailable(format!(
+                                "unexpected record script generation {generation:?}"
+                            ))
+                        })?,
+                        service_url_moved_to: Some(moved.clone()).filter(|m| !m.is_empty()),
+                    })
+                }
                 other => {
                     return Err(unavailable(format!(
-                        "unexpected upsert script reply {other:?}"
+                        "unexpected record script reply {other:?}"
                     )))
                 }
             }
         }
-        Err(StoreError::Contended(id.clone()))
+        Err(StoreError::Contended(id.to_owned()))
+    }
+
+    async fn report_outcome(
+        &self,
+        bot_id: &str,
+        conversation_id: &str,
+        generation: u64,
+        outcome: &ReferenceOutcome<'_>,
+        now_ms: u64,
+    ) -> Result<OutcomeApplied, StoreError> {
+        let keys = self.keys(bot_id);
+        let (kind, value) = match outcome {
+            ReferenceOutcome::Unreachable { reason } => (
+                "unreachable",
+                serde_json::to_string(reason).map_err(unavailable)?,
+            ),
+            ReferenceOutcome::Moved { service_url } => ("moved", (*service_url).to_owned()),
+        };
+        let mut conn = self.conn().await?;
+        let reply: Vec<String> = self
+            .outcome
+            .key(keys.refs())
+            .key(keys.meta())
+            .key(keys.counts())
+            .arg(conversation_id)
+            .arg(kind)
+            .arg(generation)
+            .arg(value)
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [o] if o == "unknown" => Ok(OutcomeApplied::Unknown),
+            [o] if o == "unchanged" => Ok(OutcomeApplied::Unchanged),
+            [o] if o == "stale" => Ok(OutcomeApplied::Stale),
+            [o, g] if o == "applied" => g
+                .parse::<u64>()
+                .map(|generation| OutcomeApplied::Applied { generation })
+                .map_err(|_| unavailable(format!("unexpected outcome script generation {g:?}"))),
+            other => Err(unavailable(format!(
+                "unexpected outcome script reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn release_delivery(&self, bot_id: &str, key: &DeliveryKey) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.claim_key(bot_id, key))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn get(
@@ -398,29 +602,6 @@ impl ConversationStore for RedisConversationStore {
         Ok(Page { items, next_cursor })
     }
 
-    async fn deactivate(
-        &self,
-        bot_id: &str,
-        conversation_id: &str,
-        reason: &str,
-        now_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let keys = self.keys(bot_id);
-        let reason_json = serde_json::to_string(reason).map_err(unavailable)?;
-        let mut conn = self.conn().await?;
-        let known: i64 = self
-            .deactivate
-            .key(keys.meta())
-            .key(keys.counts())
-            .arg(conversation_id)
-            .arg(reason_json)
-            .arg(now_ms)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(known == 1)
-    }
-
     async fn count(&self, bot_id: &str, tenant_id: Option<&str>) -> Result<Counts, StoreError> {
         let keys = self.keys(bot_id);
         let (total, active) = match tenant_id {
@@ -440,41 +621,5 @@ impl ConversationStore for RedisConversationStore {
             total: n(total),
             active: n(active),
         })
-    }
-
-    async fn claim_activity(
-        &self,
-        bot_id: &str,
-        conversation_id: &str,
-        activity_id: &str,
-        ttl: std::time::Duration,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.claim_key(bot_id, conversation_id, activity_id))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(set.is_some())
-    }
-
-    async fn release_activity(
-        &self,
-        bot_id: &str,
-        conversation_id: &str,
-        activity_id: &str,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.claim_key(bot_id, conversation_id, activity_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 }
