@@ -7,6 +7,7 @@
 //! - [`problem`]: RFC 7807 answers.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod ingress_http;
 pub mod problem;
 pub mod settings;

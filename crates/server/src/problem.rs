@@ -127,6 +127,42 @@ problem_types! {
         "The bot handler failed; botfleet's log has the reason.");
     HANDLER_DEADLINE = ("handler_deadline", 504, "Handler deadline",
         "The bot did not answer the invoke within the handler deadline.");
+    // ---- admin API (/admin/v1): authentication and authorization ----
+    API_KEY_MISSING = ("api_key_missing", 401, "Missing API key",
+        "Send `Authorization: Bearer <key>` with an admin API key.");
+    API_KEY_INVALID = ("api_key_invalid", 401, "Invalid API key",
+        "The key is unknown or wrong; check it was copied whole (it is shown once, at creation).");
+    API_KEY_EXPIRED = ("api_key_expired", 401, "API key expired",
+        "The key is past its expiry; ask an admin for a new one.");
+    API_KEY_REVOKED = ("api_key_revoked", 401, "API key revoked",
+        "The key was revoked; ask an admin for a new one.");
+    AUTH_RATE_LIMITED = ("auth_rate_limited", 429, "Too many failed authentications",
+        "This client address sent too many invalid keys; every key from it is refused for Retry-After seconds.");
+    FORBIDDEN = ("forbidden", 403, "Forbidden",
+        "The key is valid, but its role or bot scope does not allow this call.");
+    // ---- admin API: resources and requests ----
+    BOT_NOT_FOUND = ("bot_not_found", 404, "Bot not found",
+        "No bot with this id, neither in the configuration file nor registered through the API.");
+    KEY_NOT_FOUND = ("key_not_found", 404, "API key not found",
+        "No API key with this id.");
+    INVALID_FIELD = ("invalid_field", 400, "Invalid field",
+        "A body field is missing, unknown or invalid; the `field` member names it (e.g. `handler.url`).");
+    INVALID_QUERY = ("invalid_query", 400, "Invalid query parameter",
+        "A query parameter is unknown or invalid; the `field` member names it.");
+    INVALID_CURSOR = ("invalid_cursor", 400, "Invalid cursor",
+        "Pass back the `next` of the previous page unchanged.");
+    BOT_CONFLICT = ("bot_conflict", 409, "Bot id or app id taken",
+        "Another bot has this id or app id; the detail names it.");
+    BOT_READ_ONLY = ("bot_read_only", 409, "Bot defined in the configuration file",
+        "Change it in the configuration file and restart; the admin API changes only bots it created.");
+    PRECONDITION_FAILED = ("precondition_failed", 412, "Stale ETag",
+        "The bot changed since it was read; GET it again (`current_etag` gives its ETag) and retry.");
+    PRECONDITION_REQUIRED = ("precondition_required", 428, "If-Match required",
+        "Send the bot's ETag in If-Match (GET the bot first), or `*` to overwrite knowingly.");
+    ADMIN_STORE_UNAVAILABLE = ("admin_store_unavailable", 503, "Admin store unavailable",
+        "A store the admin API reads (keys, bots, audit, conversations) could not be reached; retry later.");
+    INTERNAL = ("internal", 500, "Internal error",
+        "botfleet failed unexpectedly; its log has the reason under the answer's X-Request-Id.");
 }
 
 /// One problem+json answer: a row of [`TABLE`] and the detail of this failure.
