@@ -760,3 +760,69 @@ async fn logs_carry_no_ansi_colours_when_stderr_is_not_a_terminal() {
         }
     }
 }
+
+/// Every key botfleet reads is in docs/configuration.md, so the reference cannot
+/// fall behind the code.
+#[test]
+fn docs_name_every_key() {
+    use botfleet_server::settings::{sources, BotSettings, Settings};
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .expect("docs/configuration.md");
+    let bot: BotSettings = toml::from_str(&format!(
+        "id = \"a\"\napp_id = \"{APP_ID}\"\napp_password = \"x\"\ntenant_id = \"t\"\n"
+    ))
+    .expect("a bot");
+    let mut settings = Settings::default();
+    settings.bots.push(bot);
+    settings.clouds.push(
+        settings
+            .cloud("public")
+            .map(|mut c| {
+                c.name = "custom".into();
+                c
+            })
+            .expect("preset"),
+    );
+    let tree = toml::Table::try_from(&settings).expect("settings as TOML");
+    let mut missing = Vec::new();
+    let mut check = |key: &str| {
+        let named = [
+            format!("{key} ="),
+            format!("`{key}`"),
+            format!("[{key}]"),
+            format!("[[{key}]]"),
+        ];
+        if !named.iter().any(|n| docs.contains(n.as_str())) {
+            missing.push(key.to_owned());
+        }
+    };
+    fn walk(t: &toml::Table, check: &mut dyn FnMut(&str)) {
+        for (k, v) in t {
+            check(k);
+            match v {
+                toml::Value::Table(t) => walk(t, check),
+                toml::Value::Array(items) => {
+                    for item in items {
+                        if let toml::Value::Table(t) = item {
+                            walk(t, check);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    walk(&tree, &mut check);
+    for key in sources::DURATION_KEYS {
+        check(key);
+    }
+    for var in sources::BOT_FRAMEWORK_VARS {
+        check(var);
+    }
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
+}

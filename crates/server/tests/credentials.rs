@@ -170,10 +170,11 @@ async fn a_missing_key_file_stops_start_up_with_its_name() {
         .env("BOTFLEET__SERVER__LISTEN", "127.0.0.1:0")
         .output()
         .expect("run botfleet");
-    assert!(!out.status.success());
+    // An invalid configuration: exit 2, the key path and the file named.
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("nope.pem") && stderr.contains("bot `cert`"),
+        stderr.contains("nope.pem") && stderr.contains("`bots[0].credential.private_key_file`"),
         "{stderr}"
     );
 }

@@ -648,7 +648,8 @@ fn resolve_secrets(
     }
 }
 
-/// `MicrosoftAppType` values (Bot Framework SDK configuration).
+/// `MicrosoftAppType` values, as the Azure Bot resource names them
+/// (https://learn.microsoft.com/dotnet/api/azure.provisioning.botservice.botmsaapptype).
 const APP_TYPES: [&str; 3] = ["MultiTenant", "SingleTenant", "UserAssignedMSI"];
 
 fn bot_framework_env(l: &mut Layered, env: &Environment, errors: &mut Vec<ConfigError>) {
