@@ -141,6 +141,10 @@ pub enum Permission {
     /// Create, list and revoke keys.
     Keys,
     AuditRead,
+    /// Send proactive notifications (routes of the notification issue).
+    NotificationsSend,
+    /// Read notifications and their delivery state.
+    NotificationsRead,
 }
 
 impl Permission {
@@ -149,7 +153,10 @@ impl Permission {
     pub fn roles(self) -> &'static [Role] {
         use Role::*;
         match self {
-            Self::BotsRead | Self::ConversationsRead => &[Admin, Operator, Sender, Reader],
+            Self::BotsRead | Self::ConversationsRead | Self::NotificationsRead => {
+                &[Admin, Operator, Sender, Reader]
+            }
+            Self::NotificationsSend => &[Admin, Operator, Sender],
             Self::TokensRead => &[Admin, Operator, Reader],
             Self::BotsWrite | Self::AuditRead => &[Admin, Operator],
             Self::Keys => &[Admin],

@@ -240,7 +240,7 @@ impl PageQuery {
 }
 
 impl Bot {
-    fn of(settings: &BotSettings, record: Option<&BotRecord>) -> Self {
+    pub(crate) fn of(settings: &BotSettings, record: Option<&BotRecord>) -> Self {
         let credential = match (&settings.credential, &settings.app_password) {
             (Some(c), _) => Some(credential_kind(c)),
             (None, Some(p)) if !p.is_empty() => Some("secret"),
@@ -356,17 +356,27 @@ fn config_bot<'a>(state: &'a AdminState, id: &str) -> Option<&'a BotSettings> {
     state.config_bots.iter().find(|b| b.id == id)
 }
 
-/// The bot `id` (configuration first), or 404.
-pub(crate) async fn find(state: &AdminState, id: &str) -> Result<Bot, AdminError> {
+/// The registration of bot `id` (configuration first) and its stored record
+/// (`None` for a configuration bot), or 404.
+pub(crate) async fn find_settings(
+    state: &AdminState,
+    id: &str,
+) -> Result<(BotSettings, Option<BotRecord>), AdminError> {
     if let Some(b) = config_bot(state, id) {
-        return Ok(Bot::of(b, None));
+        return Ok((b.clone(), None));
     }
     let record = state
         .bots
         .get(id)
         .await?
         .ok_or_else(|| AdminError::BotNotFound(id.to_string()))?;
-    Ok(Bot::of(&settings_of(&record)?, Some(&record)))
+    Ok((settings_of(&record)?, Some(record)))
+}
+
+/// The bot `id` as the API shows it, or 404.
+pub(crate) async fn find(state: &AdminState, id: &str) -> Result<Bot, AdminError> {
+    let (settings, record) = find_settings(state, id).await?;
+    Ok(Bot::of(&settings, record.as_ref()))
 }
 
 fn etag(version: u64) -> String {

@@ -12,8 +12,26 @@
 //! - [`keys`], [`audit`]: key management and the audit log;
 //! - [`error`]: every error, as a row of the shared problem table.
 //!
-//! Mount it with [`configure`] on any actix `App` (the admin listener); start
-//! the audit retention task with [`AdminState::spawn_audit_retention`].
+//! Wiring (the admin listener):
+//!
+//! ```ignore
+//! let state = Arc::new(AdminState::new(
+//!     AdminStores::from_one(admin_store, conversation_store), // Memory/RedisAdminStore
+//!     config_bots,                 // the configuration file's [[bots]]: read-only here
+//!     Arc::new(token_cache.clone()), // or Arc::new(()) for none
+//!     AdminConfig { bootstrap_key, audit_retention, clouds, ..AdminConfig::default() },
+//! )?);
+//! state.spawn_audit_retention(Duration::from_secs(3600));
+//! let data = web::Data::from(state);
+//! HttpServer::new(move || {
+//!     let data = data.clone();
+//!     App::new().configure(move |c| admin::configure(c, data))
+//! })
+//! ```
+//!
+//! Applying registry changes to the running bots (on every replica) is not
+//! this module's job: it writes the registry; the runtime follows
+//! `BotRegistryStore::subscribe` / `revision`.
 
 pub mod audit;
 pub mod auth;

@@ -9,9 +9,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::{authorize, Action};
-use super::bots::find;
+use super::bots::{find_settings, Bot};
 use super::error::AdminError;
 use super::{no_query, rfc3339, AdminState};
+use crate::settings::CredentialSettings;
 
 /// Where token status comes from: the process's token cache.
 pub trait TokenStatusSource: Send + Sync {
@@ -98,12 +99,26 @@ pub async fn get_token(
     let id = path.into_inner();
     authorize(&req, &state, Action::TokenGet, Some(&id), true).await?;
     no_query(&req)?;
-    let bot = find(&state, &id).await?;
+    let (settings, record) = find_settings(&state, &id).await?;
+    let bot = Bot::of(&settings, record.as_ref());
+    // Tokens are keyed by the client id that obtains them: the app id, or a
+    // user-assigned managed identity's own client id.
+    let mut client_ids = vec![settings.app_id.clone()];
+    if let Some(CredentialSettings::ManagedIdentity {
+        client_id: Some(c), ..
+    }) = &settings.credential
+    {
+        client_ids.push(c.clone());
+    }
     let entries: Vec<TokenEntry> = state
         .tokens
         .token_status()
         .into_iter()
-        .filter(|s| s.key.app_id.eq_ignore_ascii_case(&bot.app_id))
+        .filter(|s| {
+            client_ids
+                .iter()
+                .any(|c| s.key.app_id.eq_ignore_ascii_case(c))
+        })
         .map(|s| TokenEntry {
             credential: s.credential.to_string(),
             cloud: s.key.cloud.clone(),
