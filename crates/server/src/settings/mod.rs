@@ -42,7 +42,10 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     /// Custom clouds (tests, botfleet-sim, sovereign clouds without a preset),
     /// each defined in full.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub clouds: Vec<Cloud>,
+    /// The hosted bots (more can be registered through the admin API).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bots: Vec<BotSettings>,
 }
 
