@@ -1485,3 +1485,35 @@ async fn replicas_sharing_redis_share_bots_keys_and_audit() {
         .unwrap()
         .contains("client-secret-of-shared"));
 }
+
+/// Redis down: the admin API answers 503 `admin_store_unavailable` (retry
+/// later), not 401 or 500, and does not count it as a failed authentication.
+#[actix_web::test]
+async fn store_outage_answers_503() {
+    use botfleet_store::admin::RedisAdminStore;
+    // A port nothing listens on: connections are refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let pool = botfleet_store::RedisPool::single(&url, 2).unwrap();
+    let store = Arc::new(RedisAdminStore::new(
+        pool,
+        "outage",
+        std::slice::from_ref(&url),
+    ));
+    let a = serve(
+        AdminStores::from_one(store, Arc::new(MemoryConversationStore::new())),
+        Options::default(),
+        Arc::new(MemoryAdminStore::new()),
+        Arc::new(MemoryConversationStore::new()),
+    )
+    .await;
+    let r = a.get("/bots", BOOTSTRAP).await;
+    r.expect(503, "admin_store_unavailable");
+    assert!(!r.header("retry-after").is_empty());
+    for _ in 0..25 {
+        a.get("/bots", "bfk_aaaaaaaa_whatever")
+            .await
+            .expect(503, "admin_store_unavailable");
+    }
+}

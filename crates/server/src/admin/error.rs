@@ -235,3 +235,81 @@ impl From<StoreError> for AdminError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: AdminError) -> (u16, serde_json::Value) {
+        let resp = e.error_response();
+        let status = resp.status().as_u16();
+        let bytes = actix_web::body::to_bytes(resp.into_body())
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).expect("json"))
+    }
+
+    #[actix_web::test]
+    async fn answers_have_the_exact_shape() {
+        assert_eq!(
+            body(AdminError::field("handler.url", "must be https")).await,
+            (
+                400,
+                serde_json::json!({
+                    "type": "urn:botfleet:problem:invalid_field",
+                    "title": "Invalid field",
+                    "status": 400,
+                    "detail": "`handler.url`: must be https",
+                    "check": "invalid_field",
+                    "field": "handler.url",
+                })
+            )
+        );
+        assert_eq!(
+            body(AdminError::InvalidFields(vec![
+                ("id".into(), "bad".into()),
+                ("cloud".into(), "unknown".into()),
+            ]))
+            .await
+            .1,
+            serde_json::json!({
+                "type": "urn:botfleet:problem:invalid_field",
+                "title": "Invalid field",
+                "status": 400,
+                "detail": "`id`: bad; `cloud`: unknown",
+                "check": "invalid_field",
+                "field": "id",
+                "errors": [
+                    {"field": "id", "problem": "bad"},
+                    {"field": "cloud", "problem": "unknown"},
+                ],
+            })
+        );
+        assert_eq!(
+            body(AdminError::PreconditionFailed { current: 7 }).await.1["current_etag"],
+            "\"7\""
+        );
+    }
+
+    #[test]
+    fn rate_limit_answers_round_up_retry_after() {
+        let resp = AdminError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        }
+        .error_response();
+        assert_eq!(resp.status().as_u16(), 429);
+        assert_eq!(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("2")
+        );
+        let resp = AdminError::InvalidKey.error_response();
+        assert_eq!(
+            resp.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer realm=\"botfleet-admin\", error=\"invalid_token\"")
+        );
+    }
+}
