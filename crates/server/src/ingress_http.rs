@@ -188,15 +188,22 @@ async fn accept(
             "the bot did not answer the invoke within server.handler_deadline_ms",
         )),
         Processed::StillRunning => Ok(HttpResponse::Accepted().finish()),
-        Processed::Finished(Err(e)) => Err(match e {
-            TurnError::Store(_) => Problem::new(problem::STORE_UNAVAILABLE, e.to_string()),
-            TurnError::Busy => Problem::new(problem::BUSY, e.to_string()),
-            TurnError::TenantQuota(_) => Problem::new(problem::TENANT_QUOTA, e.to_string()),
-            TurnError::Handler(_) | TurnError::HandlerPanicked => Problem::new(
+        // docs/turns.md: a 5xx only when Teams' resend is the cure and cannot
+        // duplicate a reply (runtime::TurnError::resend_helps).
+        Processed::Finished(Err(e)) => match e {
+            TurnError::Store(_) => Err(Problem::new(problem::STORE_UNAVAILABLE, e.to_string())),
+            TurnError::Busy => Err(Problem::new(problem::BUSY, e.to_string())),
+            TurnError::TenantQuota(_) => Err(Problem::new(problem::TENANT_QUOTA, e.to_string())),
+            // Bot logic never ran (its claim was given back), or an invoke, whose
+            // answer is synchronous, failed.
+            e if e.resend_helps() || is_invoke => Err(Problem::new(
                 problem::HANDLER_FAILED,
                 "the bot handler failed; botfleet's log has the reason",
-            ),
-        }),
+            )),
+            // Taken in and its bot logic ran: the claim stays, a resend would only
+            // repeat it. The outcome is in the log and on /metrics.
+            TurnError::Handler(_) | TurnError::HandlerPanicked => Ok(HttpResponse::Ok().finish()),
+        },
     }
 }
 

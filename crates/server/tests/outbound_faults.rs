@@ -122,8 +122,8 @@ async fn a_500_is_reported_not_retried() {
         &message(&sim.url, "a:five", "x1", "hi"),
     )
     .await;
-    assert_eq!(got.0, 500, "{}", got.1);
-    assert_eq!(got.1["check"], "handler_failed");
+    // Taken in, bot logic ran: a resend would not help (docs/turns.md).
+    assert_eq!(got.0, 200, "{}", got.1);
     let all = get_json(format!(
         "{}/_sim/activities?conversation=a:five&all=true",
         sim.url
@@ -194,7 +194,7 @@ async fn a_403_deactivates_the_reference_without_retry() {
         &message(&sim.url, "a:gone", "g1", "hi"),
     )
     .await;
-    assert_eq!(got.0, 500, "{}", got.1);
+    assert_eq!(got.0, 200, "{}", got.1);
     let all = get_json(format!(
         "{}/_sim/activities?conversation=a:gone&all=true",
         sim.url
@@ -241,7 +241,8 @@ async fn a_wrong_client_secret_is_surfaced_and_not_retried_in_a_loop() {
             &message(&sim.url, "a:nosecret", &format!("s{i}"), "hi"),
         )
         .await;
-        assert_eq!(got.0, 500, "{}", got.1);
+        // The reply was never sent; the outcome (not_sent) is logged and counted.
+        assert_eq!(got.0, 200, "{}", got.1);
     }
     let requests = get_json(format!("{}/_sim/token-requests?clientId={APP_ID}", sim.url)).await;
     let n = requests["requests"].as_array().map_or(0, Vec::len);
@@ -300,7 +301,7 @@ async fn token_endpoint_down_at_start_recovers_when_it_comes_back() {
     let t = token(&sim.url).await;
     let url = format!("{}/api/messages", bf.url());
     let got = post_activity(&url, Some(&t), &message(&sim.url, "a:later", "l1", "first")).await;
-    assert_eq!(got.0, 500, "no token, no reply: {}", got.1);
+    assert_eq!(got.0, 200, "no token, no reply, but taken in: {}", got.1);
     set_faults(&sim.url, json!({})).await;
     let got = post_activity(
         &url,
@@ -407,7 +408,12 @@ async fn webhook_replies_invokes_and_failures() {
         got.1
     );
 
-    for (i, text) in ["hang", "garbage", "500"].iter().enumerate() {
+    // A webhook that may have acted is not called again through Teams' resend
+    // (200); one that answered 5xx asks for it (500). docs/turns.md.
+    for (i, (text, status)) in [("hang", 200), ("garbage", 200), ("500", 500)]
+        .iter()
+        .enumerate()
+    {
         let started = Instant::now();
         let got = post_activity(
             &url,
@@ -415,8 +421,10 @@ async fn webhook_replies_invokes_and_failures() {
             &message(&sim.url, "a:hook", &format!("bad{i}"), text),
         )
         .await;
-        assert_eq!(got.0, 500, "{text}: {}", got.1);
-        assert_eq!(got.1["check"], "handler_failed");
+        assert_eq!(got.0, *status, "{text}: {}", got.1);
+        if *status == 500 {
+            assert_eq!(got.1["check"], "handler_failed");
+        }
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{text} held the answer too long"

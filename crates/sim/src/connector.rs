@@ -186,7 +186,9 @@ pub async fn handle(
     let (latency, injected) = {
         let mut inner = sim.inner.lock();
         let latency = inner.faults.latency();
-        let injected = inner.faults.decide(route.conversation_id.as_deref());
+        let injected = inner
+            .faults
+            .decide(route.conversation_id.as_deref(), &route.path);
         (latency, injected)
     };
     if let Some(d) = latency {

@@ -76,6 +76,11 @@ pub struct ConversationFault {
     pub code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Only calls whose path starts with this (e.g. `/amer/`): a conversation
+    /// that answers 403 `InvalidBotApiHost` at the public host and succeeds
+    /// at the GCC one, as Teams does for a GCC tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
 }
 
 impl Faults {
@@ -181,17 +186,17 @@ impl FaultState {
         (total > 0).then(|| Duration::from_millis(total))
     }
 
-    /// The fault for this connector call, if any. Order: failNext, the
-    /// conversation's fault, errorRatio, throttleRatio.
-    pub fn decide(&mut self, conversation_id: Option<&str>) -> Option<Injected> {
-        let out = self.decide_inner(conversation_id);
+    /// The fault for this connector call (at `path`), if any. Order:
+    /// failNext, the conversation's fault, errorRatio, throttleRatio.
+    pub fn decide(&mut self, conversation_id: Option<&str>, path: &str) -> Option<Injected> {
+        let out = self.decide_inner(conversation_id, path);
         if out.is_some() {
             self.injected += 1;
         }
         out
     }
 
-    fn decide_inner(&mut self, conversation_id: Option<&str>) -> Option<Injected> {
+    fn decide_inner(&mut self, conversation_id: Option<&str>, path: &str) -> Option<Injected> {
         if self.fail_next_left > 0 {
             self.fail_next_left -= 1;
             let status = self.config.fail_next_status;
@@ -208,12 +213,10 @@ impl FaultState {
             });
         }
         if let Some(id) = conversation_id {
-            if let Some(f) = self
-                .config
-                .conversations
-                .iter()
-                .find(|f| f.conversation_id == id)
-            {
+            if let Some(f) = self.config.conversations.iter().find(|f| {
+                f.conversation_id == id
+                    && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            }) {
                 return Some(Injected::Error {
                     status: f.status,
                     code: f.code.clone(),
@@ -296,7 +299,7 @@ mod tests {
             fail_next_status: 500,
             ..Faults::default()
         });
-        let hits: Vec<bool> = (0..10).map(|_| s.decide(None).is_some()).collect();
+        let hits: Vec<bool> = (0..10).map(|_| s.decide(None, "/").is_some()).collect();
         assert_eq!(
             hits,
             [true, true, false, false, false, true, false, false, false, true]
@@ -306,7 +309,34 @@ mod tests {
             throttle_ratio: 0.1,
             ..Faults::default()
         });
-        assert_eq!((0..100).filter(|_| s.decide(None).is_some()).count(), 10);
+        assert_eq!(
+            (0..100).filter(|_| s.decide(None, "/").is_some()).count(),
+            10
+        );
+    }
+
+    #[test]
+    fn a_conversation_fault_can_be_limited_to_a_path() {
+        let mut s = FaultState::new(Faults {
+            conversations: vec![ConversationFault {
+                conversation_id: "a:gcc".into(),
+                status: 403,
+                code: "InvalidBotApiHost".into(),
+                message: None,
+                path_prefix: Some("/amer/".into()),
+            }],
+            ..Faults::default()
+        });
+        let path = "/amer/v3/conversations/a%3Agcc/activities";
+        assert!(matches!(
+            s.decide(Some("a:gcc"), path),
+            Some(Injected::Error { status: 403, .. })
+        ));
+        assert_eq!(
+            s.decide(Some("a:gcc"), "/gcc/v3/conversations/a%3Agcc/activities"),
+            None
+        );
+        assert_eq!(s.decide(Some("a:other"), path), None);
     }
 
     #[test]
@@ -322,6 +352,7 @@ mod tests {
                 status: 403,
                 code: "Nope".into(),
                 message: None,
+                path_prefix: None,
             }],
             ..Faults::default()
         };

@@ -244,3 +244,44 @@ pub async fn register(sim: &str, conversations: &[(&str, &str)]) {
 pub async fn set_faults(sim: &str, faults: Value) {
     post_json(format!("{sim}/_sim/faults"), faults).await;
 }
+
+/// The value of one sample on botfleet's `/metrics` (`name` with its labels,
+/// e.g. `botfleet_replies_total{outcome="unknown"}`); 0 when absent.
+pub async fn metric(botfleet: &str, sample: &str) -> f64 {
+    let text = http()
+        .get(format!("{botfleet}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// `botfleet-sim send --activity-file FILE` as a separate process (Teams'
+/// side: a freshly minted token, the file's body with its serviceUrl pointed
+/// at the sim). Returns the status botfleet answered.
+pub fn sim_send_file(sim: &str, to: &str, app_id: &str, file: &std::path::Path) -> u16 {
+    let out = Command::new(workspace_bin("botfleet-sim"))
+        .args(["send", "--to", to, "--sim", sim, "--app-id", app_id])
+        .arg("--activity-file")
+        .arg(file)
+        .output()
+        .expect("run botfleet-sim send");
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "botfleet-sim send printed no JSON line: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    line["status"].as_u64().expect("status") as u16
+}
