@@ -751,6 +751,26 @@ def botfleet_accepts_every_generated_configuration() -> str:
     return "botfleet check-config passes " + ", ".join(checked) + note
 
 
+# Sections the chart's schema accepts ahead of the botfleet build under test:
+# [admin] (the bootstrap key file) is being added to the server now.
+SECTIONS_AHEAD = {"admin"}
+
+
+@test
+def schema_knows_every_botfleet_section() -> str:
+    b = botfleet_bin()
+    p = run([b, "check-config"], env={k: v for k, v in os.environ.items() if not k.startswith("BOTFLEET")})
+    assert p.returncode == 0, f"botfleet check-config on the defaults: {p.stderr}"
+    effective = tomllib.loads(p.stdout.split("# effective configuration", 1)[1].split("\n", 1)[1])
+    schema = set(json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]["properties"])
+    missing = sorted(set(effective) - schema)
+    assert not missing, f"values.schema.json refuses botfleet sections {missing}: add them to config's properties"
+    extra = sorted(schema - set(effective) - SECTIONS_AHEAD)
+    assert not extra, f"values.schema.json accepts sections botfleet does not have: {extra}"
+    ahead = sorted((schema - set(effective)) & SECTIONS_AHEAD)
+    return f"config sections {sorted(schema)}" + (f" ({', '.join(ahead)} ahead of this build)" if ahead else "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
