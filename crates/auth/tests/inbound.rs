@@ -515,9 +515,15 @@ async fn endorsements_are_required() {
     let a = activity();
     let e = f.check(&token(json!({})), &a).await.expect_err("refused");
     assert_eq!((e.check(), e.status()), ("endorsement", 403));
-    // A key without any endorsements list fails too (closed default).
+    // A key without any endorsements list fails too (closed default), and says
+    // which setting would accept it.
     let t = sign_with("k2", &keys()[1], &claims());
-    assert_eq!(check_name(f.check(&t, &a).await), "endorsement");
+    let e = f.check(&t, &a).await.expect_err("refused");
+    assert_eq!((e.check(), e.status()), ("endorsement", 403));
+    assert!(
+        e.to_string().contains("accept_keys_without_endorsements"),
+        "{e}"
+    );
     let mut webchat = activity();
     webchat.channel_id = Some("webchat".into());
     assert_eq!(check_name(f.check(&token(json!({})), &webchat).await), "ok");
@@ -605,11 +611,19 @@ async fn checks_run_in_order() {
             activity_ref(),
             "issuer",
         ),
+        // Lifetime before audience (as botbuilder-js): an expired token answers
+        // `expired` whichever bot it names.
         (
             token(json!({"aud": "nobody", "exp": now() - 3600})),
             activity_ref(),
-            "audience",
+            "expired",
         ),
+        (
+            token(json!({"aud": "nobody", "exp": null})),
+            activity_ref(),
+            "missing_expiry",
+        ),
+        (token(json!({"aud": "nobody"})), &no_endorsement, "audience"),
         (
             token(json!({"exp": now() - 3600})),
             &no_endorsement,
@@ -832,4 +846,374 @@ async fn non_rsa_and_non_signing_keys_are_ignored() {
     assert_eq!(f.validator.key_store_status()[0].key_count, 1);
     let t = sign_with("k2", &keys()[1], &claims());
     assert_eq!(check_name(f.check(&t, &activity()).await), "unknown_key");
+}
+
+/// Keys published without an endorsements list (or with an empty one): refused
+/// by default, accepted for any channel when the cloud opts in (as Microsoft's
+/// SDKs accept them); keys with a list are checked against it either way.
+#[tokio::test]
+async fn keys_without_endorsements_follow_the_cloud_setting() {
+    let published = || {
+        vec![
+            jwk("k1", &keys()[0], Some(&["webchat"])),
+            jwk("k2", &keys()[1], None),
+        ]
+    };
+    let unlisted = sign_with("k2", &keys()[1], &claims());
+    let listed = token(json!({}));
+
+    let closed = Fixture::new(published(), test_config()).await;
+    assert_eq!(
+        check_name(closed.check(&unlisted, &activity()).await),
+        "endorsement"
+    );
+    let st = &closed.validator.key_store_status()[0];
+    assert_eq!(st.keys_without_endorsements, 1);
+    assert_eq!(st.fetches_with_keys_without_endorsements, 1);
+
+    let open = Fixture::new(
+        published(),
+        InboundConfig {
+            accept_keys_without_endorsements: vec!["test".into()],
+            ..test_config()
+        },
+    )
+    .await;
+    assert_eq!(check_name(open.check(&unlisted, &activity()).await), "ok");
+    let mut webchat = activity();
+    webchat.channel_id = Some("webchat".into());
+    assert_eq!(check_name(open.check(&unlisted, &webchat).await), "ok");
+    // A key WITH a list is still held to it.
+    assert_eq!(
+        check_name(open.check(&listed, &activity()).await),
+        "endorsement"
+    );
+    // Every later check still runs for the accepted key.
+    let mut foreign = activity();
+    foreign.conversation.as_mut().expect("conv").tenant_id = Some("tenant-b".into());
+    assert_eq!(
+        check_name(open.check(&unlisted, &foreign).await),
+        "tenant_not_allowed"
+    );
+    // Naming another cloud does not open this one.
+    let other = Fixture::new(
+        published(),
+        InboundConfig {
+            accept_keys_without_endorsements: vec!["public".into()],
+            ..test_config()
+        },
+    )
+    .await;
+    assert_eq!(
+        check_name(other.check(&unlisted, &activity()).await),
+        "endorsement"
+    );
+
+    // An empty list counts as no list (botbuilder-js checks only non-empty lists).
+    let empty = Fixture::new(
+        vec![jwk("k2", &keys()[1], Some(&[]))],
+        InboundConfig {
+            accept_keys_without_endorsements: vec!["test".into()],
+            ..test_config()
+        },
+    )
+    .await;
+    assert_eq!(
+        empty.validator.key_store_status()[0].keys_without_endorsements,
+        1
+    );
+    assert_eq!(check_name(empty.check(&unlisted, &activity()).await), "ok");
+}
+
+/// The unknown-kid answer says whether a refresh was tried or skipped.
+#[tokio::test]
+async fn unknown_kid_answer_says_what_the_refresh_did() {
+    let f = Fixture::new(
+        standard_keys(),
+        InboundConfig {
+            unknown_kid_min_interval: Duration::from_secs(1),
+            ..test_config()
+        },
+    )
+    .await;
+    let stranger = sign_with("k9", &keys()[1], &claims());
+    let e = f.check(&stranger, &activity()).await.expect_err("refused");
+    let text = e.to_string();
+    assert!(text.contains("no key refresh was tried"), "{text}");
+    assert!(text.contains("rate limit allows one every 1 s"), "{text}");
+    assert!(
+        !text.contains(&f.server.base),
+        "names no metadata URL: {text}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = f.check(&stranger, &activity()).await.expect_err("refused");
+    assert!(e.to_string().contains("refreshed just now"), "{e}");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.server.fail.store(true, Ordering::SeqCst);
+    let e = f.check(&stranger, &activity()).await.expect_err("refused");
+    assert!(e.to_string().contains("tried just now and failed"), "{e}");
+}
+
+/// `check_token` runs the checks of the token alone; a path naming no
+/// registered bot answers exactly as a registered bot's path does.
+#[tokio::test]
+async fn check_token_answers_the_same_for_unknown_and_known_bot_paths() {
+    use botfleet_auth::inbound::TokenRoute;
+    let f = fixture().await;
+    let one = f.registry.by_app_id(APP).expect("bot one");
+    let two = f.registry.by_app_id(OTHER_APP).expect("bot two");
+    let bearer = |t: &str| Some(format!("Bearer {t}"));
+    let forged = sign_with("k1", &keys()[1], &claims());
+    let stale = token(json!({"exp": now() - 3600}));
+    let for_one = token(json!({}));
+    let for_two = token(json!({"aud": OTHER_APP}));
+    // Without a valid token: the same answer, word for word.
+    for auth in [
+        None,
+        Some("Basic abc".to_owned()),
+        bearer("not.a.jwt"),
+        bearer(&forged),
+        bearer(&stale),
+    ] {
+        let known = check_token(&f, auth.clone(), TokenRoute::Bot(&two)).await;
+        let unknown = check_token(&f, auth.clone(), TokenRoute::Unregistered("two")).await;
+        assert!(known.is_err(), "{auth:?}");
+        assert_eq!(known, unknown, "{auth:?}");
+    }
+    // A valid token for another bot: `audience` on either path, same words.
+    let known = check_token(&f, bearer(&for_one), TokenRoute::Bot(&two)).await;
+    let unknown = check_token(&f, bearer(&for_one), TokenRoute::Unregistered("two")).await;
+    assert_eq!(check_name_unit(&known), "audience");
+    assert_eq!(known, unknown);
+    // The right bot's token passes on its path and on the aud-routed path,
+    // and never on an unregistered path.
+    assert!(check_token(&f, bearer(&for_two), TokenRoute::Bot(&two))
+        .await
+        .is_ok());
+    assert!(check_token(&f, bearer(&for_one), TokenRoute::Any)
+        .await
+        .is_ok());
+    assert!(check_token(&f, bearer(&for_one), TokenRoute::Bot(&one))
+        .await
+        .is_ok());
+    assert_eq!(
+        check_name_unit(
+            &check_token(&f, bearer(&for_one), TokenRoute::Unregistered("one-typo")).await
+        ),
+        "audience"
+    );
+}
+
+async fn check_token(
+    f: &Fixture,
+    auth: Option<String>,
+    route: botfleet_auth::inbound::TokenRoute<'_>,
+) -> Result<(), InboundError> {
+    f.validator
+        .check_token(auth.as_deref(), route, &f.registry)
+        .await
+}
+
+fn check_name_unit(r: &Result<(), InboundError>) -> &'static str {
+    match r {
+        Ok(()) => "ok",
+        Err(e) => e.check(),
+    }
+}
+
+#[test]
+fn token_claims_for_log_are_sanitised_and_never_the_token() {
+    use botfleet_auth::inbound::TokenClaimsForLog;
+    let t = token(
+        json!({"iss": "https://api.botframework.test\n\u{1b}[31mX", "aud": ["a", "b", "c", "d", "e"]}),
+    );
+    let got = TokenClaimsForLog::from_authorization(Some(&format!("Bearer {t}")));
+    assert_eq!(got.aud, vec!["a", "b", "c", "d"]);
+    let iss = got.iss.expect("iss");
+    assert!(!iss.chars().any(char::is_control), "{iss:?}");
+    let long = token(json!({"aud": "x".repeat(500)}));
+    let got = TokenClaimsForLog::from_authorization(Some(&format!("Bearer {long}")));
+    assert_eq!(got.aud[0].len(), 64);
+    assert_eq!(
+        TokenClaimsForLog::from_authorization(Some("Bearer garbage")),
+        TokenClaimsForLog::default()
+    );
+    assert_eq!(
+        TokenClaimsForLog::from_authorization(None),
+        TokenClaimsForLog::default()
+    );
+}
+
+/// Property tests: hostile tokens and activities never panic the validator,
+/// never pass unless they are exactly what was issued, and always fail with a
+/// 401/403 check (keys are loaded, so never a 5xx).
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One validator (and its JWKS server) for every case: a multi-thread
+    /// runtime keeps the server task running between `block_on` calls.
+    fn shared() -> &'static (tokio::runtime::Runtime, Fixture) {
+        static SHARED: OnceLock<(tokio::runtime::Runtime, Fixture)> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let f = rt.block_on(Fixture::new(
+                standard_keys(),
+                InboundConfig {
+                    // Random kids must not turn the test into a JWKS load test.
+                    unknown_kid_min_interval: Duration::from_secs(3600),
+                    ..test_config()
+                },
+            ));
+            (rt, f)
+        })
+    }
+
+    fn run(auth: Option<&str>, activity: &Activity) -> Result<Validated, InboundError> {
+        let (rt, f) = shared();
+        rt.block_on(f.validator.validate(auth, activity, None, &f.registry))
+    }
+
+    fn assert_refusal(e: &InboundError) {
+        assert!(
+            matches!(e.status(), 401 | 403),
+            "{} answered {}",
+            e.check(),
+            e.status()
+        );
+    }
+
+    fn valid_token() -> &'static str {
+        static T: OnceLock<String> = OnceLock::new();
+        T.get_or_init(|| token(json!({"exp": now() + 7200})))
+    }
+
+    /// Any JSON value, a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|n| json!(n)),
+            ".{0,40}".prop_map(Value::String),
+            Just(json!(APP)),
+            Just(json!(ISSUER)),
+            Just(json!(SERVICE_URL)),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Random header values, bearer or not.
+        #[test]
+        fn random_authorization_headers_are_refused(
+            raw in prop::collection::vec(any::<u8>(), 0..600),
+            bearer in any::<bool>(),
+        ) {
+            let text = String::from_utf8_lossy(&raw);
+            let header = if bearer { format!("Bearer {text}") } else { text.into_owned() };
+            let e = run(Some(&header), activity_ref()).expect_err("random header accepted");
+            assert_refusal(&e);
+        }
+
+        /// A real token with bytes flipped, inserted, removed or cut off: refused
+        /// unless the mutation gave back the very same token.
+        #[test]
+        fn mutated_tokens_are_refused(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 1..4),
+        ) {
+            let original = valid_token();
+            let mut t = original.as_bytes().to_vec();
+            for (at, op, byte) in edits {
+                if t.is_empty() { break; }
+                let i = at.index(t.len());
+                // Mostly token-alphabet bytes, so mutations reach the deeper checks.
+                let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
+                let b = if byte < 200 { alphabet[usize::from(byte) % alphabet.len()] } else { byte };
+                match op {
+                    0 => t[i] = b,
+                    1 => t.insert(i, b),
+                    2 => { t.remove(i); }
+                    _ => t.truncate(i),
+                }
+            }
+            let mutated = String::from_utf8_lossy(&t).into_owned();
+            let got = run(Some(&format!("Bearer {mutated}")), activity_ref());
+            if mutated == original {
+                prop_assert!(got.is_ok());
+            } else {
+                let e = got.expect_err("a mutated token was accepted");
+                assert_refusal(&e);
+                // (A token cut to a few characters is a substring of any message.)
+                if mutated.len() >= 16 {
+                    assert_no_token(&e, &mutated);
+                }
+            }
+        }
+
+        /// Claims of any type and value, signed with the published key: accepted
+        /// only when every claim is what the bot requires.
+        #[test]
+        fn arbitrary_signed_claims_are_checked(
+            iss in prop_oneof![Just(json!(ISSUER)), json_value()],
+            aud in prop_oneof![Just(json!(APP)), Just(json!([APP, "x"])), json_value()],
+            exp in prop_oneof![Just(json!(now() + 3600)), json_value()],
+            nbf in prop_oneof![Just(Value::Null), Just(json!(now() - 60)), json_value()],
+            serviceurl in prop_oneof![Just(json!(SERVICE_URL)), json_value()],
+        ) {
+            let mut c = json!({});
+            for (k, v) in [("iss", &iss), ("aud", &aud), ("exp", &exp), ("nbf", &nbf), ("serviceurl", &serviceurl)] {
+                if !v.is_null() { c[k] = v.clone(); }
+            }
+            let t = sign_with("k1", &keys()[0], &c);
+            match run(Some(&format!("Bearer {t}")), activity_ref()) {
+                Ok(v) => {
+                    prop_assert_eq!(&iss, &json!(ISSUER));
+                    prop_assert_eq!(&serviceurl, &json!(SERVICE_URL));
+                    prop_assert_eq!(v.bot.app_id.as_str(), APP);
+                    let exp = exp.as_f64().expect("accepted exp is a number");
+                    prop_assert!(exp + 300.0 >= now() as f64);
+                    if let Some(nbf) = nbf.as_f64() { prop_assert!(nbf - 300.0 <= now() as f64); }
+                    else { prop_assert!(nbf.is_null()); }
+                }
+                Err(e) => assert_refusal(&e),
+            }
+        }
+
+        /// Activities with any channel, serviceUrl and tenant under a valid token:
+        /// accepted only for msteams, the signed serviceUrl and the allowed tenant.
+        #[test]
+        fn hostile_activities_under_a_valid_token(
+            channel in prop::option::of(prop_oneof![Just("msteams".to_owned()), ".{0,12}"]),
+            service_url in prop::option::of(prop_oneof![Just(SERVICE_URL.to_owned()), ".{0,40}"]),
+            tenant in prop::option::of(prop_oneof![Just(TENANT.to_owned()), ".{0,12}"]),
+        ) {
+            let mut a = activity();
+            a.channel_id = channel.clone();
+            a.service_url = service_url.clone();
+            a.conversation.as_mut().expect("conv").tenant_id = tenant.clone();
+            match run(Some(&format!("Bearer {}", valid_token())), &a) {
+                Ok(v) => {
+                    prop_assert_eq!(channel.as_deref(), Some("msteams"));
+                    prop_assert_eq!(service_url.as_deref(), Some(SERVICE_URL));
+                    prop_assert_eq!(v.tenant_id.as_deref(), Some(TENANT));
+                }
+                Err(e) => assert_refusal(&e),
+            }
+        }
+    }
 }

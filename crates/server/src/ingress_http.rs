@@ -1,17 +1,59 @@
 //! `POST /api/messages` and `POST /api/messages/{bot}`: the door Teams knocks on.
 //!
-//! Cheap checks first (size, content type, JSON shape), then the runtime's
-//! ingress actors validate the token and policy. A request that fails any check
-//! gets a problem+json answer and reaches no actor and no store.
+//! Order, cheapest first, so that a caller without a valid token learns nothing:
+//!
+//! 1. method (405 with `Allow: POST`), content type, body size: nothing read or
+//!    parsed yet;
+//! 2. a path naming no registered bot: the token alone is checked and the answer
+//!    is the 401 a registered bot's path gives for the same token (`audience` for a
+//!    valid token of another bot), never a 404 that lists the bots;
+//! 3. the body is parsed; if it is not an activity, the token alone is checked
+//!    first (signature, issuer, lifetime, audience), so only a caller with a valid
+//!    token is told what is wrong with its body;
+//! 4. the runtime's ingress actors validate token and activity together (cached
+//!    verification: no second RSA) and route it.
+//!
+//! A refused request gets a problem+json answer from the one table
+//! ([`crate::problem`]), reaches no actor and no store, is counted by check on
+//! `/metrics`, and is logged at info by [`RefusalLog`]: one line per check per
+//! 10 s at most, so a flood cannot fill the disk.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use botfleet_auth::inbound::{
+    BotResolver, InboundError, KeyStoreStatus, TokenClaimsForLog, TokenRoute,
+};
 use botfleet_protocol::Activity;
 use botfleet_runtime::{HandlerOutcome, Inbound, IngressError, Processed, TurnError, TurnOutcome};
 use futures::StreamExt;
 
 use crate::problem::{self, Problem};
 use crate::AppState;
+
+/// Deepest nesting of arrays and objects accepted in a body. Teams activities
+/// nest about ten levels, Adaptive Card payloads in `value` or `attachments`
+/// more; the limit leaves room for those and stays under serde_json's own
+/// recursion limit (128), which would otherwise answer first, as a syntax error.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// The messaging routes: `POST` only; any other method answers 405 with
+/// `Allow: POST` (RFC 9110 section 15.5.6).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/api/messages")
+            .route(web::post().to(messages))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/messages/{bot}")
+            .route(web::post().to(bot_messages))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
 
 pub async fn messages(
     req: HttpRequest,
@@ -21,13 +63,32 @@ pub async fn messages(
     handle(req, payload, state, None).await
 }
 
+/// The bot id is read from the match info rather than a `web::Path` extractor,
+/// whose failures would answer outside the problem table.
 pub async fn bot_messages(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    bot: web::Path<String>,
 ) -> HttpResponse {
-    handle(req, payload, state, Some(bot.into_inner())).await
+    let bot = req.match_info().get("bot").unwrap_or_default().to_owned();
+    handle(req, payload, state, Some(bot)).await
+}
+
+async fn method_not_allowed(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let problem = Problem::new(
+        problem::METHOD_NOT_ALLOWED,
+        "the messaging endpoint accepts POST only",
+    )
+    .with_header(header::ALLOW, "POST");
+    refuse(&req, &state, problem, &Seen::default())
+}
+
+/// What was learnt about a request before it was refused, for the log line.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The registered bot the path names.
+    bot: Option<String>,
+    tenant: Option<String>,
 }
 
 async fn handle(
@@ -36,20 +97,135 @@ async fn handle(
     state: web::Data<AppState>,
     route_bot: Option<String>,
 ) -> HttpResponse {
-    match accept(&req, payload, &state, route_bot).await {
+    let mut seen = Seen::default();
+    match accept(&req, payload, &state, route_bot, &mut seen).await {
         Ok(resp) => resp,
-        Err(problem) => {
-            state.count_rejection(problem.check());
-            // Debug, not warn: rejections are what an attacker controls the rate of.
-            tracing::debug!(
-                check = problem.check(),
-                status = problem.status(),
-                detail = %problem.detail,
-                "activity refused"
-            );
-            problem.response()
+        Err(problem) => refuse(&req, &state, problem, &seen),
+    }
+}
+
+/// Counts, logs (rate-limited) and answers one refusal.
+fn refuse(req: &HttpRequest, state: &AppState, problem: Problem, seen: &Seen) -> HttpResponse {
+    state.count_rejection(problem.check());
+    if let Some(suppressed) = refusal_log().admit(problem.check(), Instant::now()) {
+        log_refusal(req, state, &problem, seen, suppressed);
+    }
+    problem.response()
+}
+
+/// One info line: the check, the bot, the tenant, the token's unverified `aud`
+/// and `iss` (sanitised), never the token. The detail is left out for body
+/// problems, whose serde message may quote the body.
+fn log_refusal(
+    req: &HttpRequest,
+    state: &AppState,
+    problem: &Problem,
+    seen: &Seen,
+    suppressed: u64,
+) {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let claims = TokenClaimsForLog::from_authorization(authorization);
+    let bot = seen.bot.clone().or_else(|| {
+        claims
+            .aud
+            .iter()
+            .find_map(|aud| state.runtime.bots().by_app(aud))
+            .map(|b| b.id.to_string())
+    });
+    let body_problem = matches!(
+        problem.check(),
+        "malformed_json" | "json_too_deep" | "invalid_activity"
+    );
+    let detail = if body_problem {
+        ""
+    } else {
+        problem.detail.as_str()
+    };
+    let path: String = req
+        .path()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(96)
+        .collect();
+    tracing::info!(
+        check = %problem.check(),
+        status = problem.status(),
+        path = %path,
+        bot = %bot.as_deref().unwrap_or("-"),
+        tenant = %seen.tenant.as_deref().unwrap_or("-"),
+        aud = %if claims.aud.is_empty() { "-".to_owned() } else { claims.aud.join(",") },
+        iss = %claims.iss.as_deref().unwrap_or("-"),
+        suppressed_since_last_line = suppressed,
+        detail = %detail,
+        "activity refused"
+    );
+}
+
+/// Rate limit of the refusal log: at most one line per check per window. A
+/// suppressed refusal is counted and the count is written in the next line of
+/// that check (`suppressed_since_last_line`); `/metrics` counts every refusal.
+#[derive(Debug)]
+pub struct RefusalLog {
+    window: Duration,
+    checks: Mutex<HashMap<&'static str, CheckWindow>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CheckWindow {
+    logged_at: Instant,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// Least time between two lines of one check.
+    pub const WINDOW: Duration = Duration::from_secs(10);
+
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            checks: Mutex::new(HashMap::new()),
         }
     }
+
+    /// `Some(n)` when a line is due for `check` at `now`: `n` refusals of it were
+    /// suppressed since its last line. `None` when this one is suppressed. The
+    /// map has one entry per problem type at most (`check` comes from the table).
+    pub fn admit(&self, check: &'static str, now: Instant) -> Option<u64> {
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        match checks.get_mut(check) {
+            Some(w) if now.saturating_duration_since(w.logged_at) < self.window => {
+                w.suppressed += 1;
+                None
+            }
+            Some(w) => {
+                let n = w.suppressed;
+                *w = CheckWindow {
+                    logged_at: now,
+                    suppressed: 0,
+                };
+                Some(n)
+            }
+            None => {
+                checks.insert(
+                    check,
+                    CheckWindow {
+                        logged_at: now,
+                        suppressed: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
+    }
+}
+
+/// One limiter per process: the log it protects is the process's.
+fn refusal_log() -> &'static RefusalLog {
+    static LOG: OnceLock<RefusalLog> = OnceLock::new();
+    LOG.get_or_init(|| RefusalLog::new(RefusalLog::WINDOW))
 }
 
 async fn read_body(
@@ -99,14 +275,56 @@ fn check_content_type(req: &HttpRequest) -> Result<(), Problem> {
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
+        let shown: String = ct.chars().filter(|c| !c.is_control()).take(64).collect();
         Err(Problem::new(
             problem::UNSUPPORTED_MEDIA_TYPE,
-            format!("activities must be sent as application/json, not `{ct}`"),
+            format!("activities must be sent as application/json, not `{shown}`"),
         ))
     }
 }
 
-fn parse_activity(body: &[u8]) -> Result<Activity, Problem> {
+/// True when `body` nests arrays/objects deeper than `max` (outside strings).
+/// One pass over the bytes, no allocation; on broken JSON the answer may be
+/// either, and the parser then reports what is broken.
+pub fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The body as an activity botfleet can handle, or the body problem
+/// (`json_too_deep`, `malformed_json`, `invalid_activity`).
+pub fn parse_activity(body: &[u8]) -> Result<Activity, Problem> {
+    if json_depth_exceeds(body, MAX_JSON_DEPTH) {
+        return Err(Problem::new(
+            problem::JSON_TOO_DEEP,
+            format!("the body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"),
+        ));
+    }
     let activity: Activity = serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -131,25 +349,58 @@ async fn accept(
     payload: web::Payload,
     state: &AppState,
     route_bot: Option<String>,
+    seen: &mut Seen,
 ) -> Result<HttpResponse, Problem> {
     // Content type before the body is read: no reason to buffer what we refuse.
     check_content_type(req)?;
     let body = read_body(req, payload, state.settings.server.body_limit_bytes).await?;
-    let activity = parse_activity(&body)?;
-    let route_bot = match route_bot {
-        Some(id) => Some(state.runtime.bots().get(&id).cloned().ok_or_else(|| {
-            Problem::new(
-                problem::AUDIENCE,
-                format!("no bot `{id}` is registered here"),
-            )
-        })?),
-        None => None,
-    };
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let validator = state.runtime.validator();
+    let bots = state.runtime.bots();
+    let resolver: &dyn BotResolver = &**bots;
+    let route_bot = match route_bot {
+        Some(id) => match bots.get(&id) {
+            Some(bot) => {
+                seen.bot = Some(bot.id.to_string());
+                Some(bot.clone())
+            }
+            None => {
+                // Answer as a registered bot's path would: the token decides.
+                let checked = validator
+                    .check_token(
+                        authorization.as_deref(),
+                        TokenRoute::Unregistered(&id),
+                        resolver,
+                    )
+                    .await;
+                return Err(match checked {
+                    Err(e) => auth_refusal(&e),
+                    Ok(()) => Problem::new(problem::AUDIENCE, "no bot is registered at this path"),
+                });
+            }
+        },
+        None => None,
+    };
+    let activity = match parse_activity(&body) {
+        Ok(activity) => activity,
+        Err(body_problem) => {
+            // Describe the body only to a caller with a valid token.
+            let route = match &route_bot {
+                Some(bot) => TokenRoute::Bot(&bot.trust),
+                None => TokenRoute::Any,
+            };
+            validator
+                .check_token(authorization.as_deref(), route, resolver)
+                .await
+                .map_err(|e| auth_refusal(&e))?;
+            return Err(body_problem);
+        }
+    };
+    seen.tenant = activity.tenant_id().map(str::to_owned);
     let is_invoke = activity.activity_type() == botfleet_protocol::ActivityType::Invoke;
     let processed = state
         .runtime
@@ -163,10 +414,12 @@ async fn accept(
         )
         .await
         .map_err(|e| match e {
-            IngressError::Auth(e) => Problem::new(auth_problem(&e), e.to_string()),
-            IngressError::UnknownBot(id) => Problem::new(
+            IngressError::Auth(e) => auth_refusal(&e),
+            // The bot vanished between validation and routing: to the caller,
+            // its token no longer names a registered bot.
+            IngressError::UnknownBot(_) => Problem::new(
                 problem::AUDIENCE,
-                format!("no bot `{id}` is registered here"),
+                "the token audience is not the app id of a registered bot",
             ),
             IngressError::Unavailable => Problem::new(
                 problem::UNAVAILABLE,
@@ -207,11 +460,58 @@ async fn accept(
     }
 }
 
+/// Prometheus lines of the signing key stores (one label value per OpenID
+/// metadata URL: a handful at most): keys published without an endorsements
+/// list now, and fetches that contained such keys (each also logged at warn).
+pub(crate) fn write_signing_key_metrics(out: &mut String, stores: &[KeyStoreStatus]) {
+    use std::fmt::Write;
+    let label = |url: &str| {
+        url.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_signing_keys_without_endorsements Signing keys of the current set published without an endorsements list (refused unless auth.accept_keys_without_endorsements names the cloud).\n# TYPE botfleet_signing_keys_without_endorsements gauge"
+    );
+    for s in stores {
+        let _ = writeln!(
+            out,
+            "botfleet_signing_keys_without_endorsements{{metadata_url=\"{}\"}} {}",
+            label(&s.metadata_url),
+            s.keys_without_endorsements
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_signing_key_fetches_with_keys_without_endorsements_total Signing key fetches whose key set contained keys without an endorsements list.\n# TYPE botfleet_signing_key_fetches_with_keys_without_endorsements_total counter"
+    );
+    for s in stores {
+        let _ = writeln!(
+            out,
+            "botfleet_signing_key_fetches_with_keys_without_endorsements_total{{metadata_url=\"{}\"}} {}",
+            label(&s.metadata_url),
+            s.fetches_with_keys_without_endorsements
+        );
+    }
+}
+
+/// The answer to a validation failure. 401s for a token that was sent say
+/// `error="invalid_token"` (RFC 6750 section 3.1); a missing token gets the bare
+/// `Bearer` challenge.
+fn auth_refusal(e: &InboundError) -> Problem {
+    let p = Problem::new(auth_problem(e), e.to_string());
+    if p.status() == 401 && !matches!(e, InboundError::MissingToken) {
+        p.with_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")
+    } else {
+        p
+    }
+}
+
 /// The problem row of each validation failure. Exhaustive on purpose: a new
-/// [`botfleet_auth::inbound::InboundError`] variant does not compile until it has
-/// a row in the problem table.
-fn auth_problem(e: &botfleet_auth::inbound::InboundError) -> problem::ProblemType {
-    use botfleet_auth::inbound::InboundError as E;
+/// [`InboundError`] variant does not compile until it has a row in the table.
+fn auth_problem(e: &InboundError) -> problem::ProblemType {
+    use InboundError as E;
     match e {
         E::MissingToken => problem::MISSING_TOKEN,
         E::MalformedToken(_) => problem::MALFORMED_TOKEN,
@@ -224,9 +524,84 @@ fn auth_problem(e: &botfleet_auth::inbound::InboundError) -> problem::ProblemTyp
         E::Expired => problem::EXPIRED,
         E::MissingExpiry => problem::MISSING_EXPIRY,
         E::NotYetValid => problem::NOT_YET_VALID,
-        E::Endorsement(_) => problem::ENDORSEMENT,
+        E::Endorsement(_) | E::NoEndorsements { .. } => problem::ENDORSEMENT,
         E::ServiceUrlClaim(_) => problem::SERVICE_URL_CLAIM,
         E::ServiceUrlHost(_) => problem::SERVICE_URL_HOST,
         E::TenantNotAllowed(_) => problem::TENANT_NOT_ALLOWED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_rows_agree_with_the_auth_crate() {
+        use botfleet_auth::PolicyError;
+        let all = [
+            InboundError::MissingToken,
+            InboundError::MalformedToken("x"),
+            InboundError::UnsupportedAlgorithm("HS256".into()),
+            InboundError::KeysUnavailable("x".into()),
+            InboundError::UnknownKey {
+                kid: "k".into(),
+                refresh: "x".into(),
+            },
+            InboundError::Signature,
+            InboundError::Issuer {
+                expected: "x".into(),
+            },
+            InboundError::Audience("x".into()),
+            InboundError::Expired,
+            InboundError::MissingExpiry,
+            InboundError::NotYetValid,
+            InboundError::Endorsement("msteams".into()),
+            InboundError::NoEndorsements {
+                kid: "k".into(),
+                cloud: "public".into(),
+            },
+            InboundError::ServiceUrlClaim("x"),
+            InboundError::ServiceUrlHost(PolicyError::InvalidServiceUrl("x".into())),
+            InboundError::TenantNotAllowed(PolicyError::TenantMissing),
+        ];
+        for e in all {
+            let row = auth_problem(&e);
+            assert_eq!((row.name, row.status), (e.check(), e.status()), "{e:?}");
+            assert_eq!(problem::ProblemType::by_name(row.name), Some(row));
+        }
+    }
+
+    #[test]
+    fn refusal_log_writes_one_line_per_check_per_window_and_counts_the_rest() {
+        let log = RefusalLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(log.admit("signature", t0), Some(0));
+        for i in 1..1000u64 {
+            assert_eq!(log.admit("signature", t0 + Duration::from_millis(i)), None);
+        }
+        // Another check has its own window.
+        assert_eq!(log.admit("expired", t0 + Duration::from_secs(1)), Some(0));
+        // The next line of the flooded check reports what it suppressed.
+        assert_eq!(
+            log.admit("signature", t0 + Duration::from_secs(10)),
+            Some(999)
+        );
+        assert_eq!(log.admit("signature", t0 + Duration::from_secs(11)), None);
+        assert_eq!(
+            log.admit("signature", t0 + Duration::from_secs(25)),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn depth_scan_ignores_brackets_in_strings() {
+        let deep = format!("{}{}", "[".repeat(101), "]".repeat(101));
+        assert!(json_depth_exceeds(deep.as_bytes(), 100));
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(!json_depth_exceeds(ok.as_bytes(), 100));
+        let quoted = format!(r#"{{"text":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+        assert!(!json_depth_exceeds(quoted.as_bytes(), 100));
+        let p = parse_activity(deep.as_bytes()).expect_err("too deep");
+        assert_eq!(p.check(), "json_too_deep");
     }
 }

@@ -334,7 +334,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let c = state.runtime.counters();
     let mut out = String::new();
     let n = |v: &std::sync::atomic::AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
-    let table: [(&str, &str, &str, i64); 11] = [
+    let table: [(&str, &str, &str, i64); 9] = [
         (
             "botfleet_activities_handled_total",
             "counter",
@@ -362,20 +362,8 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         (
             "botfleet_references_deactivated_total",
             "counter",
-            "Conversation references marked inactive: uninstall, removal, or a send answered 403/404.",
+            "Conversation references marked inactive on uninstall or removal.",
             n(&c.references_deactivated),
-        ),
-        (
-            "botfleet_references_moved_total",
-            "counter",
-            "Conversation references moved to another host by a send outcome (GCC).",
-            n(&c.references_moved),
-        ),
-        (
-            "botfleet_reference_outcomes_stale_total",
-            "counter",
-            "Send outcomes not applied: the reference changed since the send read it.",
-            n(&c.reference_outcomes_stale),
         ),
         (
             "botfleet_tenant_quota_refusals_total",
@@ -420,16 +408,10 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_replies_total Replies sent for bot handlers, by outcome (docs/turns.md).\n# TYPE botfleet_replies_total counter"
+    ingress_http::write_signing_key_metrics(
+        &mut out,
+        &state.runtime.validator().key_store_status(),
     );
-    for (outcome, count) in c.sends_by_outcome() {
-        let _ = writeln!(
-            out,
-            "botfleet_replies_total{{outcome=\"{outcome}\"}} {count}"
-        );
-    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)
@@ -478,14 +460,11 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
-            .route("/api/messages", web::post().to(ingress_http::messages))
-            .route(
-                "/api/messages/{bot}",
-                web::post().to(ingress_http::bot_messages),
-            )
+            .configure(ingress_http::configure)
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
+            .default_service(web::to(problem::not_found))
     })
     .shutdown_timeout(15);
     if workers > 0 {

@@ -297,7 +297,7 @@ impl Env {
 }
 
 #[actix_web::test]
-async fn hostile_bodies_are_refused_before_auth() {
+async fn hostile_bodies_are_described_only_to_a_valid_token() {
     let e = env("bodies").await;
     let url = e.endpoint();
     let token = e.token(json!({})).await;
@@ -335,8 +335,8 @@ async fn hostile_bodies_are_refused_before_auth() {
     assert!(got.1["detail"]
         .as_str()
         .is_some_and(|d| d.contains("conversation.id")));
-    // deep nesting where an activity allows any JSON (`value`): serde_json's
-    // recursion limit stops it
+    // deep nesting where an activity allows any JSON (`value`), or at the top:
+    // refused by the depth scan before the parser recurses
     let deep = format!(
         r#"{{"type":"message","value":{}{}}}"#,
         "[".repeat(100_000),
@@ -345,9 +345,16 @@ async fn hostile_bodies_are_refused_before_auth() {
     assert_problem(
         &send(deep.into_bytes(), "application/json").await,
         400,
-        "malformed_json",
+        "json_too_deep",
     );
-    let top = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let top = format!("{}{}", "[".repeat(101), "]".repeat(101));
+    assert_problem(
+        &send(top.into_bytes(), "application/json").await,
+        400,
+        "json_too_deep",
+    );
+    // 100 levels are still an activity's business (here: not an activity)
+    let top = format!("{}{}", "[".repeat(100), "]".repeat(100));
     assert_problem(
         &send(top.into_bytes(), "application/json").await,
         400,
@@ -479,4 +486,323 @@ async fn a_tenant_over_its_quota_gets_429() {
         statuses.push(got.0);
     }
     assert_eq!(statuses, vec![200, 200, 429, 429]);
+}
+
+/// Issue 7 item 5: without a valid token, every bot path and every body gets
+/// the same 401, word for word, with `WWW-Authenticate: Bearer`: a 404 for
+/// unknown bots would list the hosted ones, a body problem would describe what
+/// an anonymous caller sent.
+#[actix_web::test]
+async fn unauthenticated_callers_get_the_same_401_on_every_path_and_body() {
+    let e = env("anonymous").await;
+    let base = e.bf.url().to_owned();
+    let paths = [
+        format!("{base}/api/messages"),
+        format!("{base}/api/messages/e2e"),
+        format!("{base}/api/messages/strict"),
+        format!("{base}/api/messages/nobody"),
+    ];
+    let valid = message(&e.sim.url, "a:conv-anon", "1", "hi").to_string();
+    let bodies: Vec<String> = vec![
+        valid,
+        "{\"type\": \"message\",".to_owned(),
+        "{\"type\": \"message\"}".to_owned(),
+        format!("{}{}", "[".repeat(500), "]".repeat(500)),
+        "[]".to_owned(),
+    ];
+    let forged = e.token(json!({"key": "foreign"})).await;
+    let expired = e.token(json!({"expiredBySecs": 3600})).await;
+    let evil_iss = e.token(json!({"issuer": "https://evil.example.com"})).await;
+    let tokens: Vec<(&str, Option<String>, &str)> = vec![
+        ("none", None, "missing_token"),
+        (
+            "basic",
+            Some("Basic dXNlcjpwYXNz".to_owned()),
+            "missing_token",
+        ),
+        (
+            "garbage",
+            Some("Bearer not.a.jwt".to_owned()),
+            "malformed_token",
+        ),
+        ("forged", Some(format!("Bearer {forged}")), "signature"),
+        ("expired", Some(format!("Bearer {expired}")), "expired"),
+        ("issuer", Some(format!("Bearer {evil_iss}")), "issuer"),
+    ];
+    let client = http();
+    for (name, auth, check) in &tokens {
+        let mut first: Option<(u16, String, Value)> = None;
+        for path in &paths {
+            for body in &bodies {
+                let mut req = client
+                    .post(path)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                if let Some(a) = auth {
+                    req = req.header("authorization", a);
+                }
+                let resp = req.send().await.expect("post");
+                let status = resp.status().as_u16();
+                let challenge = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let v: Value = resp.json().await.unwrap_or(Value::Null);
+                assert_eq!(status, 401, "{name} at {path}: {v}");
+                assert_eq!(v["check"], *check, "{name} at {path}: {v}");
+                assert!(challenge.starts_with("Bearer"), "{name}: `{challenge}`");
+                let got = (status, challenge, v);
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => assert_eq!(
+                        &got, f,
+                        "{name}: {path} with body {:.40} answered differently",
+                        body
+                    ),
+                }
+            }
+        }
+    }
+    // A valid token for another bot at a path naming no bot: 401 audience, as at
+    // a registered bot's path, with the same words for the same path name.
+    let token = e.token(json!({})).await;
+    let msg = message(&e.sim.url, "a:conv-anon", "2", "hi");
+    let known = post_activity(&format!("{base}/api/messages/strict"), Some(&token), &msg).await;
+    let unknown = post_activity(&format!("{base}/api/messages/nobody"), Some(&token), &msg).await;
+    assert_problem(&known, 401, "audience");
+    assert_problem(&unknown, 401, "audience");
+    assert_eq!(
+        known.1["detail"].as_str().map(|d| d.replace("strict", "X")),
+        unknown.1["detail"]
+            .as_str()
+            .map(|d| d.replace("nobody", "X")),
+    );
+    assert!(e.stored("a:conv-anon").await.is_none());
+}
+
+/// Only POST on the messaging paths (405 with `Allow: POST`); unknown paths are
+/// a `not_found` problem. Every answer is problem+json from the table.
+#[actix_web::test]
+async fn other_methods_get_405_and_unknown_paths_404() {
+    let e = env("methods").await;
+    let base = e.bf.url().to_owned();
+    let client = http();
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/messages"),
+        (reqwest::Method::PUT, "/api/messages"),
+        (reqwest::Method::DELETE, "/api/messages/e2e"),
+        (reqwest::Method::PATCH, "/api/messages/nobody"),
+        (reqwest::Method::OPTIONS, "/api/messages"),
+    ] {
+        let resp = client
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(
+            resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some("POST"),
+            "{method} {path}"
+        );
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json")
+        );
+        let v: Value = resp.json().await.expect("problem json");
+        assert_eq!(v["check"], "method_not_allowed");
+    }
+    let resp = client
+        .post(format!("{base}/api/nothing"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 404);
+    let v: Value = resp.json().await.expect("problem json");
+    assert_eq!(v["check"], "not_found");
+}
+
+/// Case `key-without-endorsements` (crates/server/tests/cases): the sim's JWKS
+/// publishes its active key with no `endorsements` list and `botfleet-sim send`
+/// posts the case's activity signed by it. Closed by default (403 endorsement,
+/// a warning, a metric); accepted when the cloud is named in
+/// `auth.accept_keys_without_endorsements`, while a key WITH a list that lacks
+/// msteams is still refused.
+#[actix_web::test]
+async fn case_key_without_endorsements_follows_the_cloud_setting() {
+    const CASE_APP: &str = "00000000-0000-4000-8000-0000000ec002";
+    let sim = start_sim();
+    post_json(
+        format!("{}/_sim/keys/rotate", sim.url),
+        json!({"withoutEndorsements": true}),
+    )
+    .await;
+    let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cases/key-without-endorsements/message.json");
+    for accept in [false, true] {
+        let setting = if accept {
+            "accept_keys_without_endorsements = [\"sim\"]"
+        } else {
+            ""
+        };
+        let bf = start_botfleet(&format!(
+            "[auth]\n{setting}\n{cloud}\n[[bots]]\nid = \"endorse\"\napp_id = \"{CASE_APP}\"\ncloud = \"sim\"\n",
+            cloud = sim_cloud(&sim.url)
+        ));
+        let to = format!("{}/api/messages", bf.url());
+        let (status, body) = sim_send(&sim.url, &to, CASE_APP, &case);
+        if accept {
+            assert_eq!(status, 200, "accepted when the cloud opts in: {body}");
+        } else {
+            assert_eq!(status, 403, "{body}");
+            assert_eq!(body["check"], "endorsement");
+            assert!(
+                body["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("accept_keys_without_endorsements")),
+                "{body}"
+            );
+        }
+        // Either way the operator is told: a warning and the metrics.
+        let metrics = http()
+            .get(format!("{}/metrics", bf.url()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let sample = |name: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        assert_eq!(
+            sample("botfleet_signing_keys_without_endorsements{"),
+            1.0,
+            "{metrics}"
+        );
+        assert!(
+            sample("botfleet_signing_key_fetches_with_keys_without_endorsements_total{") >= 1.0,
+            "{metrics}"
+        );
+        let log = bf.proc.log_text();
+        assert!(
+            log.contains("keys without an endorsements list"),
+            "no warning in the log:\n{log}"
+        );
+        // A key that HAS a list is held to it, whatever the setting.
+        let unendorsed = mint(
+            &sim.url,
+            json!({"appId": CASE_APP, "serviceUrl": service_url(&sim.url), "key": "unendorsed"}),
+        )
+        .await;
+        let mut msg = message(&sim.url, "a:conv-listed", "1", "hi");
+        msg["recipient"]["id"] = json!(format!("28:{CASE_APP}"));
+        assert_problem(
+            &post_activity(&to, Some(&unendorsed), &msg).await,
+            403,
+            "endorsement",
+        );
+    }
+}
+
+/// `botfleet-sim send --activity-file` as Teams would post: (status, body).
+fn sim_send(sim: &str, to: &str, app_id: &str, file: &std::path::Path) -> (u16, Value) {
+    let out = std::process::Command::new(workspace_bin("botfleet-sim"))
+        .args(["send", "--to", to, "--sim", sim, "--app-id", app_id])
+        .arg("--activity-file")
+        .arg(file)
+        .output()
+        .expect("run botfleet-sim send");
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "botfleet-sim send printed no JSON line: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let status = line["status"].as_u64().and_then(|s| u16::try_from(s).ok());
+    (status.expect("status"), line["body"].clone())
+}
+
+/// Issue 7 item 7: a refusal is one info line naming the check, bot, tenant and
+/// the token's aud/iss; a flood of 1,000 is not 1,000 lines (one per check per
+/// 10 s, the next line counting the suppressed ones), and no token is logged.
+#[actix_web::test]
+async fn a_refusal_flood_logs_one_line_per_check_and_never_the_token() {
+    let e = env("refusal-log").await;
+    let url = e.endpoint();
+    let forged = e.token(json!({"key": "foreign"})).await;
+    let msg = message(&e.sim.url, "a:conv-flood", "1", "hi");
+    let started = std::time::Instant::now();
+    for _ in 0..1000 {
+        assert_eq!(post_activity(&url, Some(&forged), &msg).await.0, 401);
+    }
+    let elapsed = started.elapsed();
+    let log = strip_ansi(&e.bf.proc.log_text());
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("activity refused") && l.contains("check=signature"))
+        .collect();
+    // One line per started 10 s window of the flood.
+    let allowed = 1 + usize::try_from(elapsed.as_secs() / 10).unwrap_or(usize::MAX);
+    assert!(
+        !lines.is_empty() && lines.len() <= allowed,
+        "{} lines for 1000 refusals in {elapsed:?}:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    let first = lines[0];
+    assert!(first.contains(" INFO "), "{first}");
+    for want in [
+        "bot=e2e",
+        &format!("tenant={TENANT}"),
+        &format!("aud={APP_ID}"),
+        "iss=https://api.botframework.com",
+    ] {
+        assert!(first.contains(want), "`{want}` missing: {first}");
+    }
+    // Every refusal is still counted.
+    let metrics = http()
+        .get(format!("{}/metrics", e.bf.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("botfleet_activities_rejected_total{check=\"signature\"} 1000"),
+        "{metrics}"
+    );
+    // No token, nor any part of one, in the log.
+    assert!(!log.contains(&forged));
+    for part in forged.split('.') {
+        assert!(!log.contains(part), "a token part is in the log");
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

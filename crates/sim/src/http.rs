@@ -273,6 +273,9 @@ async fn keys(sim: Data) -> HttpResponse {
 struct RotateRequest {
     #[serde(default)]
     retire_old: bool,
+    /// Publish the new active key without an `endorsements` list.
+    #[serde(default)]
+    without_endorsements: bool,
 }
 
 async fn rotate(sim: Data, body: web::Bytes) -> HttpResponse {
@@ -281,7 +284,7 @@ async fn rotate(sim: Data, body: web::Bytes) -> HttpResponse {
         Err(resp) => return *resp,
     };
     let sim2 = sim.clone();
-    match web::block(move || sim2.rotate_keys(req.retire_old)).await {
+    match web::block(move || sim2.rotate_keys(req.retire_old, req.without_endorsements)).await {
         Ok(Ok(v)) => json_response(200, &v),
         Ok(Err(e)) => HttpResponse::InternalServerError()
             .json(ErrorResponse::new("ServiceError", e.to_string())),

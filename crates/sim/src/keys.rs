@@ -29,6 +29,9 @@ const KEY_BITS: usize = 2048;
 pub struct SimKey {
     pub kid: String,
     pub endorsements: Vec<String>,
+    /// False: the JWK is published WITHOUT an `endorsements` member, as Microsoft
+    /// has published keys (validators that required the list broke on them).
+    pub publish_endorsements: bool,
     n: String,
     e: String,
     private: RsaPrivateKey,
@@ -41,11 +44,18 @@ impl std::fmt::Debug for SimKey {
         f.debug_struct("SimKey")
             .field("kid", &self.kid)
             .field("endorsements", &self.endorsements)
+            .field("publish_endorsements", &self.publish_endorsements)
             .finish_non_exhaustive()
     }
 }
 
 impl SimKey {
+    /// The same key, published without an `endorsements` member.
+    pub fn without_endorsements_list(mut self) -> Self {
+        self.publish_endorsements = false;
+        self
+    }
+
     pub fn new(private: RsaPrivateKey, endorsements: &[&str]) -> Self {
         let public = private.to_public_key();
         let n = URL_SAFE_NO_PAD.encode(public.n().to_bytes_be());
@@ -54,6 +64,7 @@ impl SimKey {
         Self {
             kid,
             endorsements: endorsements.iter().map(|s| (*s).to_owned()).collect(),
+            publish_endorsements: true,
             n,
             e,
             signing: SigningKey::<Sha256>::new(private.clone()),
@@ -81,16 +92,20 @@ impl SimKey {
         }
     }
 
-    /// The public JWK as the Bot Framework JWKS lists it (with `endorsements`).
+    /// The public JWK as the Bot Framework JWKS lists it (with `endorsements`,
+    /// unless the key is published without the list).
     pub fn jwk(&self) -> Value {
-        json!({
+        let mut jwk = json!({
             "kty": "RSA",
             "use": "sig",
             "kid": self.kid,
             "n": self.n,
             "e": self.e,
-            "endorsements": self.endorsements,
-        })
+        });
+        if self.publish_endorsements {
+            jwk["endorsements"] = json!(self.endorsements);
+        }
+        jwk
     }
 
     pub fn to_pkcs8_pem(&self) -> Result<String, SimError> {

@@ -24,7 +24,7 @@
 //! | `{prefix}/v3/conversations...` | Bot Connector (send, reply, update, delete, create, members, pagedmembers, member) | as Teams |
 //! | `POST /_sim/tokens` | [`MintRequest`] | `{tokens:[..], kid}` |
 //! | `POST /_sim/federated-token` | `{subject, audience?, lifetimeSecs?}` | `{token, issuer}` |
-//! | `GET /_sim/keys`; `POST /_sim/keys/rotate` | `{retireOld?}` | `{active, unendorsed, published}`; `{kid, retired, published}` |
+//! | `GET /_sim/keys`; `POST /_sim/keys/rotate` | `{retireOld?, withoutEndorsements?}` | `{active, unendorsed, published}`; `{kid, endorsementsListed, retired, published}` |
 //! | `GET`/`POST /_sim/bots` | [`BotRegistration`] | `{bots:[..]}` / `{appId, credentials}` |
 //! | `GET`/`POST /_sim/conversations` | `?id=` / `{conversations:[`[`Conversation`]`]}` | `{total, conversations}` / `{registered, total}` |
 //! | `GET`/`POST`/`DELETE /_sim/faults` | [`Faults`] (POST replaces) | `{faults, failNextRemaining, injected}` |

@@ -339,9 +339,18 @@ impl Sim {
 
     /// Makes a new key active. The old active key stays published (tokens it
     /// signed keep verifying) unless `retire_old`, which unpublishes every
-    /// earlier Teams key. Blocking: generates an RSA key.
-    pub fn rotate_keys(&self, retire_old: bool) -> Result<Value, crate::SimError> {
-        let fresh = Arc::new(SimKey::generate(&[crate::keys::TEAMS_ENDORSEMENT])?);
+    /// earlier Teams key. `without_endorsements` publishes the new key with no
+    /// `endorsements` member at all. Blocking: generates an RSA key.
+    pub fn rotate_keys(
+        &self,
+        retire_old: bool,
+        without_endorsements: bool,
+    ) -> Result<Value, crate::SimError> {
+        let mut fresh = SimKey::generate(&[crate::keys::TEAMS_ENDORSEMENT])?;
+        if without_endorsements {
+            fresh = fresh.without_endorsements_list();
+        }
+        let fresh = Arc::new(fresh);
         let mut keys = self.keys.write();
         let old = std::mem::replace(&mut keys.active, fresh);
         let mut retired = Vec::new();
@@ -353,6 +362,7 @@ impl Sim {
         }
         let out = json!({
             "kid": keys.active.kid,
+            "endorsementsListed": keys.active.publish_endorsements,
             "retired": retired,
             "published": keys.published().map(|k| k.kid.clone()).collect::<Vec<_>>(),
         });

@@ -1042,6 +1042,38 @@ async fn key_rotation_keeps_old_keys_until_retired() {
     );
 }
 
+/// `withoutEndorsements`: the new active key is published with no
+/// `endorsements` member at all, and tokens are signed with it.
+#[tokio::test]
+async fn a_key_can_be_published_without_an_endorsements_list() {
+    let s = sim().await;
+    let (status, v) = post_json(
+        &format!("{}/_sim/keys/rotate", s.url()),
+        &json!({ "withoutEndorsements": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["endorsementsListed"], false);
+    let kid = v["kid"].as_str().expect("kid").to_owned();
+    let jwks = get(&format!("{}/v1/.well-known/keys", s.url())).await;
+    let jwk = jwk_for(&jwks, &kid);
+    assert!(jwk.get("endorsements").is_none(), "{jwk}");
+    assert_eq!(jwk["kty"], "RSA");
+    let token = &mint(
+        &s,
+        json!({ "appId": APP, "serviceUrl": s.service_url("amer") }),
+    )
+    .await[0];
+    assert_eq!(
+        kid_of(token),
+        kid,
+        "tokens are signed with the unlisted key"
+    );
+    // The next ordinary rotation lists endorsements again.
+    let (_, v) = post_json(&format!("{}/_sim/keys/rotate", s.url()), &json!({})).await;
+    assert_eq!(v["endorsementsListed"], true);
+}
+
 fn assertion(key_pem: &str, claims: &Value) -> String {
     let key = EncodingKey::from_rsa_pem(key_pem.as_bytes()).expect("encoding key");
     jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &key).expect("sign")

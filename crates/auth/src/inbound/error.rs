@@ -19,8 +19,11 @@ pub enum InboundError {
     UnsupportedAlgorithm(String),
     #[error("signing keys unavailable: {0}")]
     KeysUnavailable(String),
-    #[error("the token's signing key `{kid}` is not in the JWKS of `{metadata_url}`, even after a refresh")]
-    UnknownKey { kid: String, metadata_url: String },
+    /// `refresh` says whether a key refresh was tried for this token (and how it
+    /// went) or skipped by the unknown-`kid` rate limit. The metadata URL is not
+    /// named: the answer must not tell which cloud a bot path belongs to.
+    #[error("the token's signing key `{kid}` is not among the cloud's published signing keys; {refresh}")]
+    UnknownKey { kid: String, refresh: String },
     #[error("the token signature does not verify with the published key")]
     Signature,
     #[error("the token issuer is not `{expected}`")]
@@ -35,6 +38,10 @@ pub enum InboundError {
     NotYetValid,
     #[error("the signing key is not endorsed for channel `{0}`")]
     Endorsement(String),
+    /// The key has no endorsements list (or an empty one) and the bot's cloud is
+    /// not named in `auth.accept_keys_without_endorsements`.
+    #[error("the signing key `{kid}` publishes no endorsements list, which cloud `{cloud}` treats as endorsing nothing (auth.accept_keys_without_endorsements)")]
+    NoEndorsements { kid: String, cloud: String },
     #[error("the token's `serviceurl` claim {0}")]
     ServiceUrlClaim(&'static str),
     #[error("{0}")]
@@ -44,6 +51,20 @@ pub enum InboundError {
 }
 
 impl InboundError {
+    /// True for the failures of the token alone (checked before the body is
+    /// described to the caller): everything but the checks of the token against
+    /// the activity (endorsement, `serviceurl`) and the bot's policy.
+    pub fn is_token_failure(&self) -> bool {
+        !matches!(
+            self,
+            Self::Endorsement(_)
+                | Self::NoEndorsements { .. }
+                | Self::ServiceUrlClaim(_)
+                | Self::ServiceUrlHost(_)
+                | Self::TenantNotAllowed(_)
+        )
+    }
+
     /// Stable name of the failed check.
     pub fn check(&self) -> &'static str {
         match self {
@@ -58,7 +79,7 @@ impl InboundError {
             Self::Expired => "expired",
             Self::MissingExpiry => "missing_expiry",
             Self::NotYetValid => "not_yet_valid",
-            Self::Endorsement(_) => "endorsement",
+            Self::Endorsement(_) | Self::NoEndorsements { .. } => "endorsement",
             Self::ServiceUrlClaim(_) => "service_url_claim",
             Self::ServiceUrlHost(_) => "service_url_host",
             Self::TenantNotAllowed(_) => "tenant_not_allowed",
@@ -71,7 +92,10 @@ impl InboundError {
     pub fn status(&self) -> u16 {
         match self {
             Self::KeysUnavailable(_) => 503,
-            Self::Endorsement(_) | Self::ServiceUrlHost(_) | Self::TenantNotAllowed(_) => 403,
+            Self::Endorsement(_)
+            | Self::NoEndorsements { .. }
+            | Self::ServiceUrlHost(_)
+            | Self::TenantNotAllowed(_) => 403,
             _ => 401,
         }
     }

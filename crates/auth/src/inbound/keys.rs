@@ -29,6 +29,16 @@ pub(crate) struct SigningKey {
 }
 
 impl SigningKey {
+    /// True when the JWK has no endorsements list, or an empty one. Microsoft's
+    /// SDKs check endorsements only when the list is present and non-empty
+    /// (botbuilder-js `JwtTokenExtractor.validateToken`,
+    /// <https://github.com/microsoft/botbuilder-js/blob/main/libraries/botframework-connector/src/auth/jwtTokenExtractor.ts>);
+    /// botfleet refuses such keys unless the cloud is named in
+    /// `auth.accept_keys_without_endorsements`.
+    pub(crate) fn lacks_endorsements(&self) -> bool {
+        self.endorsements.as_ref().is_none_or(|e| e.is_empty())
+    }
+
     /// Same key material and endorsements (a refresh builds new `Arc`s, so a
     /// cached token compares by value to know its key is still published).
     pub(crate) fn same_as(&self, other: &SigningKey) -> bool {
@@ -113,6 +123,26 @@ pub struct KeyStoreStatus {
     pub last_error: Option<String>,
     /// Refresh attempts since start.
     pub refreshes: u64,
+    /// Keys of the current set without an endorsements list (or with an empty
+    /// one): they endorse nothing unless the cloud accepts such keys.
+    pub keys_without_endorsements: usize,
+    /// Successful fetches since start whose key set contained such keys.
+    pub fetches_with_keys_without_endorsements: u64,
+}
+
+/// What one call of [`KeyStore::refresh`] did; the unknown-`kid` answer says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefreshOutcome {
+    /// This call fetched: `ok` is false when the fetch failed (last good keys kept).
+    Fetched { ok: bool },
+    /// Another caller's fetch finished while this one waited; its keys are current.
+    Joined,
+    /// Skipped by the rate limit: the last attempt was `since` ago, less than
+    /// `min_interval`.
+    RateLimited {
+        since: Duration,
+        min_interval: Duration,
+    },
 }
 
 #[derive(Default)]
@@ -122,11 +152,15 @@ struct RefreshState {
     last_success_at: Option<SystemTime>,
     last_error: Option<String>,
     refreshes: u64,
+    fetches_with_keys_without_endorsements: u64,
 }
 
 pub(crate) struct KeyStore {
     pub(crate) metadata_url: String,
     pub(crate) clouds: Vec<String>,
+    /// The clouds of `clouds` that accept keys without endorsements (for the
+    /// warning's wording only; the check itself is per bot's cloud).
+    accepting_unendorsed: Vec<String>,
     client: reqwest::Client,
     fetch_timeout: Duration,
     /// `None` until the first successful fetch.
@@ -146,12 +180,14 @@ impl KeyStore {
     pub(crate) fn new(
         metadata_url: String,
         clouds: Vec<String>,
+        accepting_unendorsed: Vec<String>,
         client: reqwest::Client,
         fetch_timeout: Duration,
     ) -> Self {
         Self {
             metadata_url,
             clouds,
+            accepting_unendorsed,
             client,
             fetch_timeout,
             keys: RwLock::new(None),
@@ -169,7 +205,13 @@ impl KeyStore {
     }
 
     pub(crate) fn status(&self) -> KeyStoreStatus {
-        let key_count = self.keys.read().as_ref().map_or(0, |k| k.len());
+        let (key_count, keys_without_endorsements) =
+            self.keys.read().as_ref().map_or((0, 0), |k| {
+                (
+                    k.len(),
+                    k.values().filter(|k| k.lacks_endorsements()).count(),
+                )
+            });
         let st = self.state.lock();
         KeyStoreStatus {
             metadata_url: self.metadata_url.clone(),
@@ -180,6 +222,8 @@ impl KeyStore {
             last_attempt_unix_ms: st.last_attempt_at.map(unix_ms),
             last_error: st.last_error.clone(),
             refreshes: st.refreshes,
+            keys_without_endorsements,
+            fetches_with_keys_without_endorsements: st.fetches_with_keys_without_endorsements,
         }
     }
 
@@ -192,18 +236,21 @@ impl KeyStore {
     /// for the flight (it joins that one), or, with `min_interval`, unless the last
     /// attempt is more recent than that (the unknown-`kid` rate limit: forged
     /// tokens with random kids must not make us hammer the JWKS endpoint).
-    /// Returns true when this call fetched.
-    pub(crate) async fn refresh(&self, min_interval: Option<Duration>) -> bool {
+    pub(crate) async fn refresh(&self, min_interval: Option<Duration>) -> RefreshOutcome {
         let asked = Instant::now();
         let _flight = self.flight.lock().await;
         {
             let mut st = self.state.lock();
             if let Some(last) = st.last_attempt {
                 if last >= asked {
-                    return false;
+                    return RefreshOutcome::Joined;
                 }
-                if min_interval.is_some_and(|min| last.elapsed() < min) {
-                    return false;
+                let since = last.elapsed();
+                if let Some(min) = min_interval.filter(|min| since < *min) {
+                    return RefreshOutcome::RateLimited {
+                        since,
+                        min_interval: min,
+                    };
                 }
             }
             st.last_attempt = Some(Instant::now());
@@ -212,6 +259,7 @@ impl KeyStore {
         }
         let result = self.fetch().await;
         let mut st = self.state.lock();
+        let ok = result.is_ok();
         match result {
             Ok(keys) => {
                 tracing::info!(
@@ -219,6 +267,28 @@ impl KeyStore {
                     keys = keys.len(),
                     "inbound signing keys refreshed"
                 );
+                let mut unendorsed: Vec<&str> = keys
+                    .values()
+                    .filter(|k| k.lacks_endorsements())
+                    .map(|k| k.kid.as_str())
+                    .collect();
+                if !unendorsed.is_empty() {
+                    unendorsed.sort_unstable();
+                    st.fetches_with_keys_without_endorsements += 1;
+                    let refused: Vec<&str> = self
+                        .clouds
+                        .iter()
+                        .filter(|c| !self.accepting_unendorsed.contains(c))
+                        .map(String::as_str)
+                        .collect();
+                    tracing::warn!(
+                        metadata_url = %self.metadata_url,
+                        kids = %unendorsed.join(","),
+                        accepted_for = %self.accepting_unendorsed.join(","),
+                        refused_for = %refused.join(","),
+                        "the signing key set has keys without an endorsements list: tokens they sign are refused (403 endorsement) for the clouds in refused_for; auth.accept_keys_without_endorsements lists the clouds that accept them"
+                    );
+                }
                 *self.keys.write() = Some(Arc::new(keys));
                 st.last_success_at = Some(SystemTime::now());
                 st.last_error = None;
@@ -234,7 +304,7 @@ impl KeyStore {
                 st.last_error = Some(e.to_string());
             }
         }
-        true
+        RefreshOutcome::Fetched { ok }
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {

@@ -1,4 +1,11 @@
-//! The inbound validator: every check of DESIGN.md's inbound flow, in its order.
+//! The inbound validator: every check of the inbound flow, in order.
+//!
+//! The token alone first (bearer -> RS256 JWT -> key by `kid` -> signature ->
+//! `iss` -> `exp`/`nbf` -> `aud`), then the token against the activity
+//! (endorsements, `serviceurl`) and the bot's policy (serviceUrl host, tenant).
+//! Lifetime comes before audience, as in botbuilder-js (its `jsonwebtoken.verify`
+//! enforces `exp` before the app id is compared), and so that an expired token
+//! answers `expired` on every path, whichever bot the path names.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use super::error::{shown, InboundError};
-use super::keys::{KeyStore, KeyStoreStatus, SigningKey};
+use super::keys::{KeyStore, KeyStoreStatus, RefreshOutcome, SigningKey};
 use crate::cloud::Cloud;
 use crate::policy::{ServiceUrlAllowlist, TenantPolicy};
 
@@ -38,6 +45,13 @@ pub struct InboundConfig {
     pub cache_capacity: u64,
     /// Timeout of one metadata or JWKS request.
     pub fetch_timeout: Duration,
+    /// Names of the clouds whose keys without an endorsements list (or with an
+    /// empty one) are accepted for any channel, as Microsoft's SDKs accept them.
+    /// Empty by default: such a key endorses nothing (403 `endorsement`). The
+    /// risk of naming a cloud: a key the cloud meant for another channel (Web
+    /// Chat, Direct Line) but published without its list could then sign Teams
+    /// activities for your bots.
+    pub accept_keys_without_endorsements: Vec<String>,
 }
 
 impl Default for InboundConfig {
@@ -49,6 +63,7 @@ impl Default for InboundConfig {
             clock_skew: Duration::from_secs(5 * 60),
             cache_capacity: 10_000,
             fetch_timeout: Duration::from_secs(10),
+            accept_keys_without_endorsements: Vec::new(),
         }
     }
 }
@@ -68,6 +83,57 @@ pub struct BotTrust {
 /// Finds a registered bot by app id (the server's bot registry).
 pub trait BotResolver: Send + Sync {
     fn by_app_id(&self, app_id: &str) -> Option<Arc<BotTrust>>;
+}
+
+/// Which bot the request path names, for [`InboundValidator::check_token`].
+#[derive(Debug, Clone, Copy)]
+pub enum TokenRoute<'a> {
+    /// `/api/messages`: the token's `aud` selects the bot.
+    Any,
+    /// `/api/messages/{bot}` for a registered bot: the token must be for it.
+    Bot(&'a Arc<BotTrust>),
+    /// `/api/messages/{bot}` naming no registered bot. The token is checked as far
+    /// as it can be (signature against every cloud's keys, issuer, lifetime) and
+    /// then fails `audience` with the same words a registered bot's path uses, so
+    /// the answer does not tell which bot ids exist.
+    Unregistered(&'a str),
+}
+
+/// The unverified `iss` and `aud` of a bearer token, made safe to log (at most 64
+/// characters each, no control characters, at most 4 audiences). For the log
+/// line of a refused request only: nothing here is verified, and the token
+/// itself is never kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenClaimsForLog {
+    pub iss: Option<String>,
+    pub aud: Vec<String>,
+}
+
+impl TokenClaimsForLog {
+    /// From an `Authorization` header value; empty when there is no readable token.
+    pub fn from_authorization(authorization: Option<&str>) -> Self {
+        let Ok(token) = bearer_token(authorization) else {
+            return Self::default();
+        };
+        let Some(payload) = token.split('.').nth(1) else {
+            return Self::default();
+        };
+        let Some(claims) = b64_json::<Claims>(payload) else {
+            return Self::default();
+        };
+        Self {
+            aud: claims.audiences().take(4).map(shown).collect(),
+            iss: claims.iss.as_deref().map(shown),
+        }
+    }
+}
+
+/// A token that passed every check of the token alone.
+struct VerifiedToken {
+    claims: Claims,
+    key: Arc<SigningKey>,
+    bot: Arc<BotTrust>,
+    cached: bool,
 }
 
 /// An activity that passed every check.
@@ -180,6 +246,37 @@ impl Drop for InboundValidator {
     }
 }
 
+/// The unknown-`kid` answer's account of the key refresh it caused (or did not).
+fn describe_refresh(outcomes: &[RefreshOutcome]) -> String {
+    if outcomes.contains(&RefreshOutcome::Fetched { ok: true })
+        || outcomes.contains(&RefreshOutcome::Joined)
+    {
+        return "the keys were refreshed just now".to_owned();
+    }
+    if outcomes.contains(&RefreshOutcome::Fetched { ok: false }) {
+        return "a key refresh was tried just now and failed (the last good keys are kept)"
+            .to_owned();
+    }
+    match outcomes
+        .iter()
+        .filter_map(|o| match o {
+            RefreshOutcome::RateLimited {
+                since,
+                min_interval,
+            } => Some((*since, *min_interval)),
+            _ => None,
+        })
+        .min()
+    {
+        Some((since, min)) => format!(
+            "no key refresh was tried: the last one was {} s ago and the rate limit allows one every {} s (auth unknown-kid refresh interval)",
+            since.as_secs(),
+            min.as_secs()
+        ),
+        None => "no key refresh was tried".to_owned(),
+    }
+}
+
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -263,9 +360,15 @@ impl InboundValidator {
             }
         }
         for (url, names) in members {
+            let accepting = names
+                .iter()
+                .filter(|n| config.accept_keys_without_endorsements.contains(n))
+                .cloned()
+                .collect();
             stores.push(Arc::new(KeyStore::new(
                 url,
                 names,
+                accepting,
                 client.clone(),
                 config.fetch_timeout,
             )));
@@ -329,10 +432,29 @@ impl InboundValidator {
         self.stores.iter().map(|s| s.status()).collect()
     }
 
+    /// Checks the token alone, without the activity: bearer, RS256 JWT, key,
+    /// signature, issuer, lifetime, audience (against the bot `route` names).
+    /// The server runs this before it describes a bad body, so a caller without
+    /// a valid token learns nothing about its body. Verifications are cached as
+    /// in [`Self::validate`], so the full validation that follows costs no RSA.
+    ///
+    /// Errors: the first failed check; never `Ok` for
+    /// [`TokenRoute::Unregistered`].
+    pub async fn check_token(
+        &self,
+        authorization: Option<&str>,
+        route: TokenRoute<'_>,
+        resolver: &dyn BotResolver,
+    ) -> Result<(), InboundError> {
+        self.verify_token(authorization, route, resolver)
+            .await
+            .map(|_| ())
+    }
+
     /// Validates one inbound activity. `route_bot` is the bot named by the route
     /// (`/api/messages/{bot}`); without it the bot is the one whose app id is the
-    /// token's `aud`. Checks run in DESIGN.md's order and the first failure is
-    /// returned.
+    /// token's `aud`. Checks run in the order of the module documentation and the
+    /// first failure is returned.
     pub async fn validate(
         &self,
         authorization: Option<&str>,
@@ -340,19 +462,98 @@ impl InboundValidator {
         route_bot: Option<&Arc<BotTrust>>,
         resolver: &dyn BotResolver,
     ) -> Result<Validated, InboundError> {
+        let route = match route_bot {
+            Some(b) => TokenRoute::Bot(b),
+            None => TokenRoute::Any,
+        };
+        let VerifiedToken {
+            claims,
+            key,
+            bot,
+            cached,
+        } = self.verify_token(authorization, route, resolver).await?;
+
+        // Endorsements: the key must be endorsed for the activity's channel. A
+        // key without a list endorses nothing unless its cloud opted in.
+        let channel = activity.channel_id.as_deref().unwrap_or_default();
+        if key.lacks_endorsements() {
+            if !self
+                .config
+                .accept_keys_without_endorsements
+                .contains(&bot.cloud.name)
+            {
+                return Err(InboundError::NoEndorsements {
+                    kid: shown(&key.kid),
+                    cloud: bot.cloud.name.clone(),
+                });
+            }
+        } else {
+            let endorsed = !channel.is_empty()
+                && key
+                    .endorsements
+                    .as_ref()
+                    .is_some_and(|e| e.iter().any(|c| c == channel));
+            if !endorsed {
+                return Err(InboundError::Endorsement(shown(channel)));
+            }
+        }
+
+        // The serviceUrl was signed by the channel; exact compare as BBJS does.
+        let service_url = match (
+            claims.serviceurl.as_deref(),
+            activity.service_url.as_deref(),
+        ) {
+            (_, None) => {
+                return Err(InboundError::ServiceUrlClaim(
+                    "cannot be checked: the activity has no serviceUrl",
+                ))
+            }
+            (None, _) => return Err(InboundError::ServiceUrlClaim("is missing")),
+            (Some(claim), Some(url)) if claim != url => {
+                return Err(InboundError::ServiceUrlClaim(
+                    "does not equal the activity's serviceUrl",
+                ))
+            }
+            (Some(_), Some(url)) => url,
+        };
+
+        bot.service_urls
+            .check(service_url)
+            .map_err(InboundError::ServiceUrlHost)?;
+
+        let tenant_id = activity.tenant_id();
+        bot.tenants
+            .check(tenant_id)
+            .map_err(InboundError::TenantNotAllowed)?;
+
+        Ok(Validated {
+            tenant_id: tenant_id.map(str::to_owned),
+            bot,
+            cached,
+        })
+    }
+
+    /// Every check of the token alone, in order.
+    async fn verify_token(
+        &self,
+        authorization: Option<&str>,
+        route: TokenRoute<'_>,
+        resolver: &dyn BotResolver,
+    ) -> Result<VerifiedToken, InboundError> {
         let token = bearer_token(authorization)?;
         let (kid, unverified) = parse_unverified(token)?;
         // The bot picks the cloud and so the keys. An unverified aud is only a
         // hint here: a forged aud cannot pass the signature of that cloud's keys.
-        let bot = match route_bot {
-            Some(b) => Some(Arc::clone(b)),
-            None => unverified
+        let bot = match route {
+            TokenRoute::Bot(b) => Some(Arc::clone(b)),
+            TokenRoute::Any => unverified
                 .audiences()
                 .find_map(|aud| resolver.by_app_id(aud)),
+            TokenRoute::Unregistered(_) => None,
         };
         // Without a bot, still verify the signature (against every cloud) before
         // answering `audience`, so unsigned tokens cannot probe which app ids
-        // are registered.
+        // or bot ids are registered.
         let candidates = match &bot {
             Some(b) => vec![self.store_for(&b.cloud)?],
             None => self.stores.clone(),
@@ -393,19 +594,6 @@ impl InboundValidator {
             });
         }
 
-        // Audience.
-        let Some(bot) = bot else {
-            return Err(InboundError::Audience(
-                "the app id of a registered bot".to_owned(),
-            ));
-        };
-        if !claims.audiences().any(|aud| aud == bot.app_id) {
-            return Err(InboundError::Audience(format!(
-                "the app id of bot `{}`",
-                bot.bot_id
-            )));
-        }
-
         // Lifetime, with skew for clocks that disagree.
         let now = now_secs();
         let skew = self.config.clock_skew.as_secs_f64();
@@ -417,47 +605,24 @@ impl InboundValidator {
             return Err(InboundError::NotYetValid);
         }
 
-        // Endorsements: closed by default; a key without a list endorses nothing.
-        let channel = activity.channel_id.as_deref().unwrap_or_default();
-        let endorsed = !channel.is_empty()
-            && key
-                .endorsements
-                .as_ref()
-                .is_some_and(|e| e.iter().any(|c| c == channel));
-        if !endorsed {
-            return Err(InboundError::Endorsement(shown(channel)));
-        }
-
-        // The serviceUrl was signed by the channel; exact compare as BBJS does.
-        let service_url = match (
-            claims.serviceurl.as_deref(),
-            activity.service_url.as_deref(),
-        ) {
+        // Audience. A path naming a bot gets the same words whether that bot
+        // exists or not.
+        let named = |name: &str| format!("the app id of bot `{}`", shown(name));
+        let bot = match (route, bot) {
+            (TokenRoute::Unregistered(name), _) => return Err(InboundError::Audience(named(name))),
             (_, None) => {
-                return Err(InboundError::ServiceUrlClaim(
-                    "cannot be checked: the activity has no serviceUrl",
+                return Err(InboundError::Audience(
+                    "the app id of a registered bot".to_owned(),
                 ))
             }
-            (None, _) => return Err(InboundError::ServiceUrlClaim("is missing")),
-            (Some(claim), Some(url)) if claim != url => {
-                return Err(InboundError::ServiceUrlClaim(
-                    "does not equal the activity's serviceUrl",
-                ))
-            }
-            (Some(_), Some(url)) => url,
+            (_, Some(bot)) => bot,
         };
-
-        bot.service_urls
-            .check(service_url)
-            .map_err(InboundError::ServiceUrlHost)?;
-
-        let tenant_id = activity.tenant_id();
-        bot.tenants
-            .check(tenant_id)
-            .map_err(InboundError::TenantNotAllowed)?;
-
-        Ok(Validated {
-            tenant_id: tenant_id.map(str::to_owned),
+        if !claims.audiences().any(|aud| aud == bot.app_id) {
+            return Err(InboundError::Audience(named(&bot.bot_id)));
+        }
+        Ok(VerifiedToken {
+            claims,
+            key,
             bot,
             cached,
         })
@@ -536,7 +701,7 @@ impl InboundValidator {
         }
         // A new kid may be a rotation we have not seen: refresh, rate-limited.
         // Stores never loaded retry at the scheduler's pace at most.
-        futures::future::join_all(stores.iter().map(|s| {
+        let outcomes = futures::future::join_all(stores.iter().map(|s| {
             let min = if s.loaded() {
                 self.config.unknown_kid_min_interval
             } else {
@@ -550,19 +715,19 @@ impl InboundValidator {
         if let Some(found) = lookup() {
             return Ok(found);
         }
-        let urls = stores
-            .iter()
-            .map(|s| s.metadata_url.as_str())
-            .collect::<Vec<_>>()
-            .join("`, `");
         if !stores.iter().any(|s| s.loaded()) {
+            let urls = stores
+                .iter()
+                .map(|s| s.metadata_url.as_str())
+                .collect::<Vec<_>>()
+                .join("`, `");
             return Err(InboundError::KeysUnavailable(format!(
                 "`{urls}` not loaded yet; retry later (see the key store status)"
             )));
         }
         Err(InboundError::UnknownKey {
             kid: shown(kid),
-            metadata_url: urls,
+            refresh: describe_refresh(&outcomes),
         })
     }
 

@@ -108,6 +108,11 @@ pub struct AuthSettings {
     /// Timeout of one OpenID metadata / JWKS request.
     #[serde(with = "humantime_serde")]
     pub fetch_timeout: Duration,
+    /// Clouds (`public`, a `[[clouds]]` name, ...) whose signing keys published
+    /// WITHOUT an endorsements list are accepted for any channel, as Microsoft's
+    /// SDKs accept them. Default empty: such a key endorses nothing (403
+    /// `endorsement`). See docs/security.md for the risk.
+    pub accept_keys_without_endorsements: Vec<String>,
 }
 
 impl Default for AuthSettings {
@@ -119,6 +124,7 @@ impl Default for AuthSettings {
             clock_skew: d.clock_skew,
             verified_token_cache_size: d.cache_capacity,
             fetch_timeout: d.fetch_timeout,
+            accept_keys_without_endorsements: d.accept_keys_without_endorsements,
         }
     }
 }
@@ -131,6 +137,7 @@ impl AuthSettings {
             clock_skew: self.clock_skew,
             cache_capacity: self.verified_token_cache_size,
             fetch_timeout: self.fetch_timeout,
+            accept_keys_without_endorsements: self.accept_keys_without_endorsements.clone(),
             ..InboundConfig::default()
         }
     }
@@ -580,6 +587,22 @@ impl Settings {
                 if url::Url::parse(v).is_err() {
                     fail(&key(k), format!("`{v}` is not an absolute URL"));
                 }
+            }
+        }
+
+        for (i, name) in self
+            .auth
+            .accept_keys_without_endorsements
+            .iter()
+            .enumerate()
+        {
+            if Cloud::preset(name).is_none() && !cloud_names.contains_key(name.as_str()) {
+                fail(
+                    &format!("auth.accept_keys_without_endorsements[{i}]"),
+                    format!(
+                        "unknown cloud `{name}`: use public, gcch, dod, china or a [[clouds]] name"
+                    ),
+                );
             }
         }
 
