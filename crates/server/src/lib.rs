@@ -334,7 +334,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let c = state.runtime.counters();
     let mut out = String::new();
     let n = |v: &std::sync::atomic::AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
-    let table: [(&str, &str, &str, i64); 9] = [
+    let table: [(&str, &str, &str, i64); 11] = [
         (
             "botfleet_activities_handled_total",
             "counter",
@@ -362,8 +362,20 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         (
             "botfleet_references_deactivated_total",
             "counter",
-            "Conversation references marked inactive on uninstall or removal.",
+            "Conversation references marked inactive: uninstall, removal, or a send answered 403/404.",
             n(&c.references_deactivated),
+        ),
+        (
+            "botfleet_references_moved_total",
+            "counter",
+            "Conversation references moved to another host by a send outcome (GCC).",
+            n(&c.references_moved),
+        ),
+        (
+            "botfleet_reference_outcomes_stale_total",
+            "counter",
+            "Send outcomes not applied: the reference changed since the send read it.",
+            n(&c.reference_outcomes_stale),
         ),
         (
             "botfleet_tenant_quota_refusals_total",
@@ -412,6 +424,16 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         &mut out,
         &state.runtime.validator().key_store_status(),
     );
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_replies_total Replies sent for bot handlers, by outcome (docs/turns.md).\n# TYPE botfleet_replies_total counter"
+    );
+    for (outcome, count) in c.sends_by_outcome() {
+        let _ = writeln!(
+            out,
+            "botfleet_replies_total{{outcome=\"{outcome}\"}} {count}"
+        );
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)
