@@ -173,6 +173,8 @@ impl ConversationStore for MemoryConversationStore {
         let reference = check_record(record)?;
         let id = record.conversation_id;
         let now_ms = record.now_ms;
+        // Hashed before the lock: every activity of every bot takes it.
+        let fingerprint = reference.map(reach_fingerprint).unwrap_or_default();
         let mut bots = self.bots.write();
         // Claim under the same lock as the write, as the Redis script does: a
         // resend racing its original sees either nothing or both.
@@ -200,7 +202,6 @@ impl ConversationStore for MemoryConversationStore {
                 Ok(recorded(ReferenceWrite::Deactivated, Some(entry)))
             }
             (InboundChange::Seen { touch_after, .. }, Some(reference)) => {
-                let fingerprint = reach_fingerprint(reference);
                 let tenant = tenant_of(reference).map(str::to_owned);
                 let touch_after_ms = u64::try_from(touch_after.as_millis()).unwrap_or(u64::MAX);
                 if let Some(e) = bot.by_id.get_mut(id) {
