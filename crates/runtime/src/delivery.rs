@@ -28,7 +28,12 @@ use crate::now_ms;
 /// message they change, and one message can be edited many times: the type and
 /// event type tell an edit from a delete, the timestamp (set when Teams sends
 /// the event) tells two edits apart, while a resend repeats the same body and
-/// so the same key. Sources in `docs/turns.md`.
+/// so the same key. Sources: the Bot Framework Activity spec (message update,
+/// delete and reaction activities refer to the original message by `id`),
+/// <https://github.com/microsoft/botframework-sdk/blob/main/specs/botframework-activity/botframework-activity.md#message-update-activity>,
+/// and Teams' message events,
+/// <https://learn.microsoft.com/en-us/microsoftteams/platform/bots/how-to/conversations/subscribe-to-conversation-events>;
+/// more in `docs/turns.md`.
 pub fn delivery_key(activity: &Activity) -> Option<DeliveryKey> {
     let id = activity.id.as_deref().filter(|s| !s.is_empty())?;
     let event_type = activity

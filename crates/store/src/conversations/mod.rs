@@ -169,7 +169,9 @@ pub enum Recorded {
     },
 }
 
-/// What a Bot Connector answer to a send says about the conversation's reference.
+/// What a Bot Connector answer to a send says about the conversation's reference
+/// (Teams' status codes:
+/// <https://learn.microsoft.com/en-us/microsoftteams/platform/bots/how-to/conversations/conversation-messages#status-codes-from-bot-conversational-apis>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReferenceOutcome<'a> {
     /// The bot cannot reach the conversation (403 `BotNotInConversationRoster`,
