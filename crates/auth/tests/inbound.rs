@@ -940,7 +940,7 @@ async fn unknown_kid_answer_says_what_the_refresh_did() {
     let e = f.check(&stranger, &activity()).await.expect_err("refused");
     let text = e.to_string();
     assert!(text.contains("no key refresh was tried"), "{text}");
-    assert!(text.contains("rate limit allows one every 1 s"), "{text}");
+    assert!(text.contains("rate limit allows one every 1.0 s"), "{text}");
     assert!(
         !text.contains(&f.server.base),
         "names no metadata URL: {text}"

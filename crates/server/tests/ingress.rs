@@ -459,6 +459,13 @@ async fn key_rotation_is_picked_up_on_unknown_kid() {
     let msg = message(&e.sim.url, "a:conv-rot", "4", "hi");
     let got = post_activity(&e.endpoint(), Some(&after), &msg).await;
     assert_problem(&got, 401, "unknown_key");
+    // The answer says what the refresh did: `newest` refreshed the keys just
+    // before, so the rate limit held this time.
+    let detail = got.1["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("no key refresh was tried") && detail.contains("rate limit"),
+        "{detail}"
+    );
 }
 
 #[actix_web::test]
@@ -805,4 +812,30 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// The setting names clouds: an unknown name is a configuration error naming
+/// the key, from `check-config` as from `serve`.
+#[test]
+fn accept_keys_without_endorsements_names_known_clouds() {
+    let mut config = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp config");
+    std::io::Write::write_all(
+        &mut config,
+        b"[auth]\naccept_keys_without_endorsements = [\"public\", \"mars\"]\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(workspace_bin("botfleet"))
+        .args(["check-config", "--config"])
+        .arg(config.path())
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("auth.accept_keys_without_endorsements[1]") && stderr.contains("mars"),
+        "{stderr}"
+    );
 }

@@ -269,9 +269,9 @@ fn describe_refresh(outcomes: &[RefreshOutcome]) -> String {
         .min()
     {
         Some((since, min)) => format!(
-            "no key refresh was tried: the last one was {} s ago and the rate limit allows one every {} s (auth unknown-kid refresh interval)",
-            since.as_secs(),
-            min.as_secs()
+            "no key refresh was tried: the last one was {:.1} s ago and the rate limit allows one every {:.1} s (auth.unknown_kid_refresh_min)",
+            since.as_secs_f64(),
+            min.as_secs_f64()
         ),
         None => "no key refresh was tried".to_owned(),
     }
