@@ -1217,3 +1217,31 @@ mod hostile {
         }
     }
 }
+
+/// A validator without any cloud (no bots configured) answers 401 `audience`,
+/// not 503: no key will ever load, and no bot could accept the token.
+#[tokio::test]
+async fn no_clouds_means_no_bot_not_unavailable() {
+    use botfleet_auth::inbound::TokenRoute;
+    let validator = InboundValidator::new(reqwest::Client::new(), test_config(), []);
+    validator.start().await;
+    let registry = Registry(HashMap::new());
+    let header = format!("Bearer {}", token(json!({})));
+    for route in [TokenRoute::Any, TokenRoute::Unregistered("nobody")] {
+        let e = validator
+            .check_token(Some(&header), route, &registry)
+            .await
+            .expect_err("refused");
+        assert_eq!((e.check(), e.status()), ("audience", 401));
+    }
+    let e = validator
+        .validate(Some(&header), &activity(), None, &registry)
+        .await
+        .expect_err("refused");
+    assert_eq!((e.check(), e.status()), ("audience", 401));
+    let e = validator
+        .check_token(None, TokenRoute::Any, &registry)
+        .await
+        .expect_err("refused");
+    assert_eq!(e.check(), "missing_token");
+}

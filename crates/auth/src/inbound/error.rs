@@ -51,20 +51,6 @@ pub enum InboundError {
 }
 
 impl InboundError {
-    /// True for the failures of the token alone (checked before the body is
-    /// described to the caller): everything but the checks of the token against
-    /// the activity (endorsement, `serviceurl`) and the bot's policy.
-    pub fn is_token_failure(&self) -> bool {
-        !matches!(
-            self,
-            Self::Endorsement(_)
-                | Self::NoEndorsements { .. }
-                | Self::ServiceUrlClaim(_)
-                | Self::ServiceUrlHost(_)
-                | Self::TenantNotAllowed(_)
-        )
-    }
-
     /// Stable name of the failed check.
     pub fn check(&self) -> &'static str {
         match self {

@@ -558,6 +558,14 @@ impl InboundValidator {
             Some(b) => vec![self.store_for(&b.cloud)?],
             None => self.stores.clone(),
         };
+        if candidates.is_empty() {
+            // No cloud configured (no bots): nothing can verify the token, and no
+            // bot could accept it. A 401, not a 503: waiting will not help.
+            return Err(InboundError::Audience(match route {
+                TokenRoute::Unregistered(name) => format!("the app id of bot `{}`", shown(name)),
+                _ => "the app id of a registered bot".to_owned(),
+            }));
+        }
 
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let (claims, store, key, cached) = match self.cache_hit(&digest, &candidates) {
