@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "botfleet",
@@ -39,6 +41,10 @@ enum Command {
         #[arg(long, short, env = "BOTFLEET_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Admin commands (bots, tenants, conversations, keys, audit, tokens): a
+    /// client of a running botfleet's admin API, in src/cli/.
+    #[command(flatten)]
+    Admin(cli::AdminCommand),
 }
 
 /// Exit code of a configuration that cannot be used (`serve` and `check-config`).
@@ -94,5 +100,6 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID_CONFIG)
             }
         },
+        Command::Admin(command) => cli::run(command),
     }
 }
