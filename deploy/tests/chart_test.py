@@ -585,6 +585,36 @@ def optional_objects_follow_their_switches() -> str:
     return "minimal / default / production object sets; HPA owns replicas; workload identity; digest"
 
 
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@test
+def selectors_pick_only_botfleet_pods() -> str:
+    checked = 0
+    for name, objs in SETS.objs.items():
+        pods = [(o["kind"], o["metadata"]["labels"]) for o in objs if o["kind"] == "Pod"]
+        pods += [("Deployment", o["spec"]["template"]["metadata"]["labels"]) for o in objs if o["kind"] == "Deployment"]
+        selectors = [(f"Service/{o['metadata']['name']}", o["spec"]["selector"]) for o in objs if o["kind"] == "Service"]
+        selectors += [(f"{o['kind']}/{o['metadata']['name']}", o["spec"]["selector"]["matchLabels"])
+                      for o in objs if o["kind"] == "PodDisruptionBudget"]
+        selectors += [(f"NetworkPolicy/{o['metadata']['name']}", o["spec"]["podSelector"]["matchLabels"])
+                      for o in objs if o["kind"] == "NetworkPolicy"]
+        dep = one(objs, "Deployment")
+        assert selects(dep["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+        for what, sel in selectors:
+            matched = [kind for kind, labels in pods if selects(sel, labels)]
+            # A helm test pod behind a Service would receive Teams' traffic.
+            assert matched == ["Deployment"], f"{name}: {what} selects {matched}, want only the Deployment's pods"
+            checked += 1
+    # The NetworkPolicy lets the helm test pod reach the public port.
+    prod = SETS.objs["production"]
+    test_labels = one(prod, "Pod")["metadata"]["labels"]
+    public_from = one(prod, "NetworkPolicy")["spec"]["ingress"][0]["from"]
+    assert any(selects(p.get("podSelector", {}).get("matchLabels", {"-": "-"}), test_labels) for p in public_from)
+    return f"{checked} selectors (Services, PodDisruptionBudget, NetworkPolicy) select the botfleet pods and nothing else"
+
+
 @test
 def prometheus_rules_are_well_formed() -> str:
     rule = one(SETS.objs["production"], "PrometheusRule")
