@@ -7,7 +7,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -156,6 +156,11 @@ impl Run {
 /// Runs `botfleet args...` with only the `BOTFLEET_*` variables given, and
 /// checks that no key it received (variable, flag or file) is in its output.
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_full(args, env, None)
+}
+
+/// [`run_env`] with `stdin` written to the process's standard input.
+fn run_full(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_botfleet"));
     cmd.args(args);
     for var in [
@@ -185,7 +190,18 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
             _ => {}
         }
     }
-    let out = cmd.output().unwrap();
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let input = stdin.unwrap_or("").to_string();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
     let run = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -193,7 +209,11 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     };
     for key in keys.iter().filter(|k| !k.is_empty()) {
         // The whole key, and its secret part (after the public id).
-        let secret_part = key.rsplit('_').next().unwrap_or(key);
+        // `bfk_<id>_<secret>`: the secret may itself contain `_`.
+        let secret_part = match key.strip_prefix("bfk_") {
+            Some(rest) => rest.split_once('_').map_or(key.as_str(), |(_, s)| s),
+            None => key.as_str(),
+        };
         for needle in [key.as_str(), secret_part] {
             assert!(
                 !run.stdout.contains(needle) && !run.stderr.contains(needle),
@@ -344,6 +364,17 @@ secret = "{WEBHOOK_SECRET}"
         json!({"kind": "notify-only", "text": "alerts only"})
     );
     assert_eq!(bot["version"], 1);
+
+    // JSON on standard input.
+    let body = json!({"id": "piped", "app_id": "00000000-0000-4000-8000-0000000000dd", "handler": {"kind": "record"}});
+    let r = run_full(
+        &["bots", "add", "--file", "-", "--json", "--url", &a.url],
+        &[("BOTFLEET_KEY", BOOTSTRAP)],
+        Some(&body.to_string()),
+    )
+    .ok();
+    assert_eq!(r.json()["handler"], json!({"kind": "record"}));
+    a.run(&["bots", "remove", "piped"]).ok();
 
     // The table: every bot, the configuration's marked as such.
     let r = a.run(&["bots", "list"]).ok();
@@ -749,15 +780,7 @@ fn unreachable_or_foreign_servers_exit_3() {
     hold.join().unwrap();
 
     // Something that is not the admin API (here: plain text over HTTP).
-    let other = TcpListener::bind("127.0.0.1:0").unwrap();
-    let other_url = format!("http://{}", other.local_addr().unwrap());
-    let serve = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut s, _) = other.accept().unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot here!");
-    });
+    let (other_url, serve) = answer_once("404 Not Found", "text/html", &[], "not here!");
     let r = run_env(
         &["bots", "list", "--url", &other_url],
         &[("BOTFLEET_KEY", BOOTSTRAP)],
@@ -769,6 +792,73 @@ fn unreachable_or_foreign_servers_exit_3() {
         "{r:?}"
     );
     serve.join().unwrap();
+
+    // A botfleet problem with a 5xx: exit 3, with the request id to look up
+    // in the server's log.
+    let problem = json!({
+        "type": "urn:botfleet:problem:admin_store_unavailable",
+        "title": "Admin store unavailable", "status": 503,
+        "detail": "the admin store is unavailable; retry later",
+        "check": "admin_store_unavailable",
+    });
+    let (down_url, serve) = answer_once(
+        "503 Service Unavailable",
+        "application/problem+json",
+        &[("x-request-id", "req-42")],
+        &problem.to_string(),
+    );
+    let r = run_env(
+        &["audit", "--url", &down_url],
+        &[("BOTFLEET_KEY", BOOTSTRAP)],
+    )
+    .exit(3);
+    assert_eq!(
+        r.error_line(),
+        "botfleet: Admin store unavailable (HTTP 503): the admin store is unavailable; retry later [urn:botfleet:problem:admin_store_unavailable] (request id req-42)"
+    );
+    serve.join().unwrap();
+
+    // The right server, wrong path: its answers have no problem document.
+    let a = start();
+    let r = run_env(
+        &["bots", "list", "--url", &format!("{}/elsewhere", a.url)],
+        &[("BOTFLEET_KEY", BOOTSTRAP)],
+    )
+    .exit(3);
+    assert!(
+        r.error_line()
+            .contains("did not answer as the botfleet admin API"),
+        "{r:?}"
+    );
+}
+
+/// A loopback HTTP server answering one request with this status line,
+/// content type, headers and body; its URL and thread.
+fn answer_once(
+    status: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        response.push_str(&format!("{k}: {v}\r\n"));
+    }
+    response.push_str("\r\n");
+    response.push_str(body);
+    let serve = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 8192];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(response.as_bytes());
+    });
+    (url, serve)
 }
 
 #[test]
