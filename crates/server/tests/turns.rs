@@ -421,7 +421,7 @@ async fn a_late_reply_outcome_does_not_undo_an_uninstall() {
     register(&e.sim.url, &[(conv, TENANT)]).await;
     set_faults(
         &e.sim.url,
-        json!({"latencyMs": 1500, "conversations": [{"conversationId": conv, "status": 403, "code": "InvalidBotApiHost", "pathPrefix": "/amer/"}]}),
+        json!({"latencyMs": 2000, "conversations": [{"conversationId": conv, "status": 403, "code": "InvalidBotApiHost", "pathPrefix": "/amer/"}]}),
     )
     .await;
     let url_a = format!("{}/api/messages", e.a.url());
@@ -429,7 +429,7 @@ async fn a_late_reply_outcome_does_not_undo_an_uninstall() {
     let msg = message(&e.sim.url, conv, "l1", "slow");
     let in_flight =
         actix_web::rt::spawn(async move { post_activity(&url_a, Some(&token), &msg).await });
-    // The reply is on its way to the public host (1.5 s), then to GCC (1.5 s).
+    // The reply is on its way to the public host (2 s), then to GCC (2 s).
     tokio::time::sleep(Duration::from_millis(700)).await;
     let removed = e.post(&e.b, &uninstall(&e.sim.url, conv, "u1")).await;
     assert_eq!(removed.0, 200, "{}", removed.1);
