@@ -79,8 +79,8 @@ pub enum BotsCommand {
         bot: String,
         #[command(flatten)]
         registration: RegistrationArgs,
-        /// Remove an optional field (JSON name: tenant_id, cloud,
-        /// allowed_tenants, additional_allowed_domains, ambiguous_send, ...).
+        /// Remove an optional field, by its JSON name (tenant_id, cloud,
+        /// allowed_tenants, ambiguous_send, handler.timeout, ...); repeatable.
         #[arg(long, value_name = "FIELD")]
         unset: Vec<String>,
         /// Send the file (plus flags) as the whole registration instead of a
@@ -406,15 +406,19 @@ fn pick_entry(bots: Vec<Value>, select: Option<&str>, shown: &str) -> Result<Val
             )))
         }
     };
-    chosen.ok_or_else(|| {
-        CliError::Usage(format!(
+    match chosen {
+        Some(entry @ Value::Object(_)) => Ok(entry),
+        Some(_) => Err(CliError::Usage(format!(
+            "--file {shown}: a [[bots]] entry is a table of the bot's fields"
+        ))),
+        None => Err(CliError::Usage(format!(
             "--file {shown} defines no bot{} (it has: {})",
             select
                 .map(|s| format!(" `{}`", clean(s)))
                 .unwrap_or_default(),
             clean(&ids.join(", "))
-        ))
-    })
+        ))),
+    }
 }
 
 /// RFC 7396: applies `patch` to `target` (`null` removes).
@@ -453,6 +457,14 @@ fn compose(earlier: &mut Value, later: &Value) {
         }
         (e, l) => *e = l.clone(),
     }
+}
+
+/// The merge patch removing `field`; dots name nested fields
+/// (`handler.timeout` is `{"handler": {"timeout": null}}`).
+fn unset_patch(field: &str) -> Value {
+    field
+        .rsplit('.')
+        .fold(Value::Null, |inner, name| json!({ name: inner }))
 }
 
 /// `"3"` from `3`, `"3"` or `*` as given (what `--if-match` accepts).
@@ -538,7 +550,7 @@ async fn update(
 ) -> Result<Output, CliError> {
     let mut flags = Value::Object(registration.patch()?);
     for f in &unset {
-        flags[f.as_str()] = Value::Null;
+        compose(&mut flags, &unset_patch(f));
     }
     let mut body = registration.file(Some(bot))?;
     let method = if replace {
@@ -783,6 +795,13 @@ mod tests {
         let e = load_registration(&config, None).expect_err("two bots");
         assert!(e.to_string().contains("defines 2 bots (a, b)"), "{e}");
         assert!(load_registration(&config, Some("c")).is_err());
+        // Entries that are not tables are refused, not indexed.
+        let odd = dir.path().join("odd.json");
+        std::fs::write(&odd, r#"{"bots": [1]}"#).expect("write");
+        assert!(matches!(
+            load_registration(&odd, None),
+            Err(CliError::Usage(_))
+        ));
     }
 
     #[test]
@@ -796,5 +815,10 @@ mod tests {
         assert_eq!(etag_arg("3"), "\"3\"");
         assert_eq!(etag_arg("\"3\""), "\"3\"");
         assert_eq!(etag_arg("*"), "*");
+        assert_eq!(unset_patch("cloud"), json!({"cloud": null}));
+        assert_eq!(
+            unset_patch("handler.timeout"),
+            json!({"handler": {"timeout": null}})
+        );
     }
 }
