@@ -52,7 +52,7 @@ pub enum BotsCommand {
         /// The bot's id.
         bot: String,
     },
-    /// Register a bot, applied on every replica without a restart.
+    /// Register a bot, applied on every replica without a restart
     ///
     /// From a file (--file), flags, or both (flags win). Example:
     ///   botfleet bots add --id helpdesk --app-id 9f6b4c1e-... --tenant-id 72f988bf-...
