@@ -118,6 +118,90 @@ fn start() -> Admin {
     }
 }
 
+/// A proxy in front of `target` that, right after forwarding the first
+/// `GET .../bots/{bot}`, changes that bot itself: the CLI's fresh read is
+/// stale by the time it writes, as when a colleague changes the bot between
+/// the two calls.
+fn start_meddling_proxy(target: &str, bot: &str) -> (String, actix_web::dev::ServerHandle) {
+    struct Proxy {
+        target: String,
+        bot_path: String,
+        meddled: std::sync::atomic::AtomicBool,
+        http: reqwest::Client,
+    }
+    async fn forward(
+        req: actix_web::HttpRequest,
+        body: web::Bytes,
+        p: web::Data<Proxy>,
+    ) -> actix_web::HttpResponse {
+        let url = format!("{}{}", p.target, req.uri());
+        let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+        let mut out = p.http.request(method, &url).body(body.to_vec());
+        for name in ["authorization", "if-match", "content-type", "x-request-id"] {
+            if let Some(v) = req.headers().get(name) {
+                out = out.header(name, v.to_str().unwrap());
+            }
+        }
+        let answer = out.send().await.unwrap();
+        let status = answer.status().as_u16();
+        let headers: Vec<(String, String)> = answer
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let bytes = answer.bytes().await.unwrap();
+        if req.method() == actix_web::http::Method::GET
+            && req.path() == p.bot_path
+            && !p.meddled.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let change = p
+                .http
+                .patch(format!("{}{}", p.target, p.bot_path))
+                .bearer_auth(BOOTSTRAP)
+                .header("if-match", "*")
+                .header("content-type", "application/merge-patch+json")
+                .body(r#"{"ambiguous_send": "resend"}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(change.status().as_u16(), 200);
+        }
+        let mut res =
+            actix_web::HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+        for (k, v) in headers {
+            if k != "content-length" && k != "transfer-encoding" {
+                res.insert_header((k, v));
+            }
+        }
+        res.body(bytes)
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let state = web::Data::new(Proxy {
+        target: target.to_string(),
+        bot_path: format!("/admin/v1/bots/{bot}"),
+        meddled: std::sync::atomic::AtomicBool::new(false),
+        http: reqwest::Client::new(),
+    });
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .default_service(web::to(forward))
+            })
+            .workers(1)
+            .bind(("127.0.0.1", 0))
+            .unwrap();
+            let addr = server.addrs()[0];
+            let server = server.run();
+            tx.send((format!("http://{addr}"), server.handle()))
+                .unwrap();
+            server.await.unwrap();
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(30)).unwrap()
+}
+
 /// One run of the binary.
 #[derive(Debug)]
 struct Run {
@@ -650,6 +734,53 @@ fn stale_if_match_is_a_clear_conflict_and_changes_nothing() {
         "{r:?}"
     );
     a.run(&["bots", "remove", "b", "--if-match", "2"]).ok();
+}
+
+#[test]
+fn a_change_between_read_and_write_is_not_overwritten() {
+    let a = start();
+    a.run(&["bots", "add", "--id", "b", "--app-id", APP_A]).ok();
+    let (proxy, handle) = start_meddling_proxy(&a.url, "b");
+    // The CLI reads version 1; the proxy's change makes it 2 before the write.
+    let r = run_env(
+        &["bots", "update", "b", "--cloud", "gcch", "--url", &proxy],
+        &[("BOTFLEET_KEY", BOOTSTRAP)],
+    )
+    .exit(1);
+    let line = r.error_line();
+    assert!(line.contains("Stale ETag (HTTP 412)"), "{r:?}");
+    assert!(
+        line.contains("someone changed bot b while this command ran; nothing was changed"),
+        "{r:?}"
+    );
+    // The other change stands; the CLI's did not apply.
+    let bot = a.run(&["bots", "show", "b", "--json"]).ok().json();
+    assert_eq!(
+        (
+            bot["version"].as_u64(),
+            bot["ambiguous_send"].as_str(),
+            bot["cloud"].as_str()
+        ),
+        (Some(2), Some("resend"), Some("public"))
+    );
+    // Run again (no more meddling): it applies to the current version.
+    let bot = run_env(
+        &[
+            "bots", "update", "b", "--cloud", "gcch", "--url", &proxy, "--json",
+        ],
+        &[("BOTFLEET_KEY", BOOTSTRAP)],
+    )
+    .ok()
+    .json();
+    assert_eq!(
+        (
+            bot["version"].as_u64(),
+            bot["ambiguous_send"].as_str(),
+            bot["cloud"].as_str()
+        ),
+        (Some(3), Some("resend"), Some("gcch"))
+    );
+    drop(handle.stop(false));
 }
 
 #[test]
