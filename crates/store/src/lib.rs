@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod conversations;
+pub mod jobs;
 pub mod ratelimit;
 pub mod redis_pool;
 pub mod token_tier;
