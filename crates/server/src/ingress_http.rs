@@ -139,23 +139,24 @@ fn log_refusal(
         problem.check(),
         "malformed_json" | "json_too_deep" | "invalid_activity"
     );
-    let detail = if body_problem {
-        ""
-    } else {
-        problem.detail.as_str()
+    // Values from the request (tenant, serviceUrl host in a policy detail) are
+    // cut and stripped of control characters: one refusal, one log line.
+    let clean = |s: &str, max: usize| -> String {
+        s.chars().filter(|c| !c.is_control()).take(max).collect()
     };
-    let path: String = req
-        .path()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(96)
-        .collect();
+    let detail = if body_problem {
+        String::new()
+    } else {
+        clean(&problem.detail, 300)
+    };
+    let path = clean(req.path(), 96);
+    let tenant = clean(seen.tenant.as_deref().unwrap_or("-"), 64);
     tracing::info!(
         check = %problem.check(),
         status = problem.status(),
         path = %path,
         bot = %bot.as_deref().unwrap_or("-"),
-        tenant = %seen.tenant.as_deref().unwrap_or("-"),
+        tenant = %tenant,
         aud = %if claims.aud.is_empty() { "-".to_owned() } else { claims.aud.join(",") },
         iss = %claims.iss.as_deref().unwrap_or("-"),
         suppressed_since_last_line = suppressed,

@@ -749,6 +749,11 @@ async fn a_refusal_flood_logs_one_line_per_check_and_never_the_token() {
     let url = e.endpoint();
     let forged = e.token(json!({"key": "foreign"})).await;
     let msg = message(&e.sim.url, "a:conv-flood", "1", "hi");
+    // A tenant id with a line break cannot forge a log line.
+    let mut injected = msg.clone();
+    injected["conversation"]["tenantId"] = json!("t1\nFORGED refusal line");
+    injected["channelData"]["tenant"]["id"] = json!("t1\nFORGED refusal line");
+    assert_eq!(post_activity(&url, None, &injected).await.0, 401);
     let started = std::time::Instant::now();
     for _ in 0..1000 {
         assert_eq!(post_activity(&url, Some(&forged), &msg).await.0, 401);
@@ -790,6 +795,17 @@ async fn a_refusal_flood_logs_one_line_per_check_and_never_the_token() {
         metrics.contains("botfleet_activities_rejected_total{check=\"signature\"} 1000"),
         "{metrics}"
     );
+    let missing: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("activity refused") && l.contains("check=missing_token"))
+        .collect();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(
+        missing[0].contains("tenant=t1FORGED refusal line"),
+        "{}",
+        missing[0]
+    );
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")));
     // No token, nor any part of one, in the log.
     assert!(!log.contains(&forged));
     for part in forged.split('.') {

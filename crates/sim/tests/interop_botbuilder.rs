@@ -6,6 +6,9 @@
 //!   sim's Bot Connector, sent with a token from the sim's token endpoint;
 //! - forged, expired and otherwise wrong tokens are rejected by the SDK, and
 //!   nothing reaches the connector for them.
+//! - a key published without an endorsements list is accepted by the SDK
+//!   (what `auth.accept_keys_without_endorsements` mirrors), one listed for
+//!   another channel only is not.
 //!
 //! If the SDK agrees with the sim on all of this, the sim speaks the real
 //! protocol. Needs node and the packages `scripts/node-deps` installs; without
@@ -315,4 +318,83 @@ fn botbuilder_sdk_trusts_the_sim_and_rejects_bad_tokens() {
             "{case}: the bot replied anyway: {records:?}"
         );
     }
+}
+
+/// The claim behind botfleet's `auth.accept_keys_without_endorsements`, checked
+/// against the real SDK: botbuilder-js accepts a token signed by a key its JWKS
+/// publishes WITHOUT an endorsements list (it checks endorsements only when a
+/// list is present), while a key whose list lacks `msteams` is still refused.
+/// The sim rotates before the bot starts: the SDK refreshes on an unknown kid at
+/// most hourly, so it must see the unlisted key in its first fetch.
+#[test]
+fn botbuilder_sdk_accepts_a_key_without_an_endorsements_list() {
+    let bot_dir = require_node_bot();
+    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("interop-unlisted-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut children = Children { procs: Vec::new() };
+    let mut sim_cmd = Command::new(SIM_BIN);
+    sim_cmd.args([
+        "serve",
+        "--port",
+        "0",
+        "--bot",
+        &format!("{APP_ID}:{APP_SECRET}"),
+    ]);
+    let ready = children.start("botfleet-sim", sim_cmd, logs.join("sim.log"));
+    let sim = ready["url"]
+        .as_str()
+        .expect("sim ready line has url")
+        .trim_end_matches('/')
+        .to_owned();
+    let rotated: Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{sim}/_sim/keys/rotate"))
+            .json(&serde_json::json!({"withoutEndorsements": true, "retireOld": true}))
+            .send()
+            .await
+            .expect("rotate")
+            .json()
+            .await
+            .expect("rotate answer")
+    });
+    assert_eq!(rotated["endorsementsListed"], false, "{rotated}");
+
+    let mut bot_cmd = Command::new("node");
+    bot_cmd
+        .arg("index.js")
+        .current_dir(&bot_dir)
+        .env("SIM_URL", &sim)
+        .env("APP_ID", APP_ID)
+        .env("APP_PASSWORD", APP_SECRET)
+        .env("PORT", "0");
+    let ready = children.start("botbuilder echo bot", bot_cmd, logs.join("bot.log"));
+    let bot = ready["url"]
+        .as_str()
+        .expect("bot ready line has url")
+        .to_owned();
+
+    let (code, answer) = send(&sim, &bot, "a:1interop-unlisted", "unlisted", &[]);
+    assert_eq!(
+        (code, answer["status"].as_u64()),
+        (0, Some(200)),
+        "the SDK refused a key without an endorsements list: {answer}\n{}",
+        children.logs()
+    );
+    let (code, answer) = send(
+        &sim,
+        &bot,
+        "a:1interop-listed",
+        "listed",
+        &["--key", "unendorsed"],
+    );
+    assert_eq!(
+        (code, answer["status"].as_u64()),
+        (1, Some(401)),
+        "a key listed for another channel only: {answer}"
+    );
 }
