@@ -32,7 +32,7 @@ use actix::prelude::*;
 use botfleet_auth::inbound::{InboundError, InboundValidator};
 use thiserror::Error;
 
-pub use bot::{Bot, BotRegistry, RegistryError};
+pub use bot::{Bot, BotRegistry, BotSet, RegistryError};
 pub use delivery::SendOutcome;
 pub use handler::{
     BotHandler, HandlerError, HandlerOutcome, RecordingHandler, ReferenceState, Turn,
@@ -221,6 +221,8 @@ impl Runtime {
         &self.shared.counters
     }
 
+    /// The bots this process hosts; [`BotRegistry::replace`] changes them
+    /// while it runs (new activities use the new set at once).
     pub fn bots(&self) -> &Arc<BotRegistry> {
         &self.shared.bots
     }

@@ -676,7 +676,7 @@ async fn case_key_without_endorsements_follows_the_cloud_setting() {
         }
         // Either way the operator is told: a warning and the metrics.
         let metrics = http()
-            .get(format!("{}/metrics", bf.url()))
+            .get(format!("{}/metrics", bf.admin_url()))
             .send()
             .await
             .expect("metrics")
@@ -784,7 +784,7 @@ async fn a_refusal_flood_logs_one_line_per_check_and_never_the_token() {
     }
     // Every refusal is still counted.
     let metrics = http()
-        .get(format!("{}/metrics", e.bf.url()))
+        .get(format!("{}/metrics", e.bf.admin_url()))
         .send()
         .await
         .expect("metrics")
