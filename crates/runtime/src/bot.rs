@@ -1,11 +1,17 @@
 //! The bots this process hosts: who they are (trust), what runs them (handler),
 //! where their conversation references live (store).
+//!
+//! The set of bots changes while the process runs (bots registered, changed or
+//! removed through the admin API, on every replica): [`BotRegistry`] holds an
+//! immutable [`BotSet`] and swaps it as a whole, so a reader always sees one
+//! consistent set, never half of an update.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use botfleet_auth::inbound::{BotResolver, BotTrust};
 use botfleet_store::conversations::ConversationStore;
+use parking_lot::RwLock;
 
 use crate::handler::BotHandler;
 
@@ -25,13 +31,6 @@ impl std::fmt::Debug for Bot {
     }
 }
 
-/// Lookup by configuration id and by Microsoft app id (the token's `aud`).
-#[derive(Debug, Default)]
-pub struct BotRegistry {
-    by_id: HashMap<String, Arc<Bot>>,
-    by_app_id: HashMap<String, Arc<Bot>>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("bot id `{0}` is configured twice")]
@@ -44,25 +43,33 @@ pub enum RegistryError {
     },
 }
 
-impl BotRegistry {
-    pub fn new(bots: Vec<Bot>) -> Result<Self, RegistryError> {
-        let mut reg = Self::default();
+/// One immutable set of bots: lookup by botfleet id and by Microsoft app id
+/// (the token's `aud`).
+#[derive(Debug, Default)]
+pub struct BotSet {
+    by_id: HashMap<String, Arc<Bot>>,
+    by_app_id: HashMap<String, Arc<Bot>>,
+}
+
+impl BotSet {
+    /// Errors: two bots with one id, or with one app id.
+    pub fn new(bots: impl IntoIterator<Item = Arc<Bot>>) -> Result<Self, RegistryError> {
+        let mut set = Self::default();
         for bot in bots {
-            let bot = Arc::new(bot);
-            if reg.by_id.contains_key(&*bot.id) {
+            if set.by_id.contains_key(&*bot.id) {
                 return Err(RegistryError::DuplicateId(bot.id.to_string()));
             }
-            if let Some(first) = reg.by_app_id.get(&bot.trust.app_id) {
+            if let Some(first) = set.by_app_id.get(&bot.trust.app_id) {
                 return Err(RegistryError::DuplicateAppId {
                     app_id: bot.trust.app_id.clone(),
                     first: first.id.to_string(),
                     second: bot.id.to_string(),
                 });
             }
-            reg.by_app_id.insert(bot.trust.app_id.clone(), bot.clone());
-            reg.by_id.insert(bot.id.to_string(), bot);
+            set.by_app_id.insert(bot.trust.app_id.clone(), bot.clone());
+            set.by_id.insert(bot.id.to_string(), bot);
         }
-        Ok(reg)
+        Ok(set)
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Bot>> {
@@ -86,8 +93,69 @@ impl BotRegistry {
     }
 }
 
-impl BotResolver for BotRegistry {
+impl BotResolver for BotSet {
     fn by_app_id(&self, app_id: &str) -> Option<Arc<BotTrust>> {
         self.by_app_id.get(app_id).map(|b| b.trust.clone())
+    }
+}
+
+/// The current [`BotSet`] of the process, replaced as a whole by
+/// [`BotRegistry::replace`]. The lookups below read the set current at the
+/// call; a caller that needs several answers from one set takes a
+/// [`BotRegistry::snapshot`].
+#[derive(Debug, Default)]
+pub struct BotRegistry {
+    current: RwLock<Arc<BotSet>>,
+}
+
+impl BotRegistry {
+    /// Errors: two bots with one id, or with one app id.
+    pub fn new(bots: Vec<Bot>) -> Result<Self, RegistryError> {
+        let set = BotSet::new(bots.into_iter().map(Arc::new))?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(set)),
+        })
+    }
+
+    /// The set current now; later replacements do not change it.
+    pub fn snapshot(&self) -> Arc<BotSet> {
+        self.current.read().clone()
+    }
+
+    /// Makes `bots` the current set, atomically: every lookup after this call
+    /// sees the new set. A removed bot's tokens then fail `audience`; turns
+    /// already routed finish with the bot they were routed with. On error the
+    /// current set is kept.
+    pub fn replace(&self, bots: impl IntoIterator<Item = Arc<Bot>>) -> Result<(), RegistryError> {
+        let set = Arc::new(BotSet::new(bots)?);
+        *self.current.write() = set;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Bot>> {
+        self.current.read().get(id).cloned()
+    }
+
+    pub fn by_app(&self, app_id: &str) -> Option<Arc<Bot>> {
+        self.current.read().by_app(app_id).cloned()
+    }
+
+    /// The current bots, in no particular order.
+    pub fn all(&self) -> Vec<Arc<Bot>> {
+        self.current.read().iter().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.current.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.read().is_empty()
+    }
+}
+
+impl BotResolver for BotRegistry {
+    fn by_app_id(&self, app_id: &str) -> Option<Arc<BotTrust>> {
+        self.current.read().by_app_id(app_id)
     }
 }

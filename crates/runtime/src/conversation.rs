@@ -38,6 +38,9 @@ const SEEN_DELIVERIES: usize = 256;
 /// An activity for this conversation, with the channel its outcome goes back on.
 pub struct Deliver {
     pub turn: Turn,
+    /// The bot the activity was validated for: its handler and store handle
+    /// this turn (see [`crate::tenant::Route::bot`]).
+    pub bot: Arc<Bot>,
     pub done: oneshot::Sender<TurnResult>,
 }
 
@@ -138,7 +141,10 @@ impl Handler<Deliver> for ConversationActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        let Deliver { turn, done } = msg;
+        let Deliver { turn, bot, done } = msg;
+        // The registry's current version of the bot: a handler changed through
+        // the admin API applies from this activity on, in arrival order.
+        self.bot = bot;
         let key = delivery_key(&turn.activity);
         if let Some(key) = &key {
             if self.seen_set.contains(&key.as_u128()) {

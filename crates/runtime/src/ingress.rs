@@ -53,7 +53,11 @@ impl Shared {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         let arbiter = &self.arbiters[(h.finish() as usize) % self.arbiters.len()];
-        let mut route = Route { turn, done: tx };
+        let mut route = Route {
+            turn,
+            bot: bot.clone(),
+            done: tx,
+        };
         for _ in 0..2 {
             let addr = self
                 .tenants
@@ -98,19 +102,22 @@ impl Handler<Inbound> for IngressActor {
                 activity,
                 route_bot,
             } = msg;
+            // One set of bots for the whole validation: the bot the token
+            // selects is the one the turn runs with, even if the registry
+            // changes meanwhile.
+            let bots = shared.bots.snapshot();
             let validated = shared
                 .validator
                 .validate(
                     authorization.as_deref(),
                     &activity,
                     route_bot.as_ref().map(|b| &b.trust),
-                    &*shared.bots,
+                    &*bots,
                 )
                 .await?;
             let bot = match route_bot {
                 Some(bot) => bot,
-                None => shared
-                    .bots
+                None => bots
                     .get(&validated.bot.bot_id)
                     .cloned()
                     .ok_or_else(|| IngressError::UnknownBot(validated.bot.bot_id.clone()))?,

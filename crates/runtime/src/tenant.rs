@@ -88,6 +88,10 @@ impl TenantDirectory {
 /// Route one validated activity to its conversation.
 pub struct Route {
     pub turn: Turn,
+    /// The bot as the registry had it when the activity was validated: a bot
+    /// changed through the admin API takes effect with its next activity,
+    /// even in actors started before the change.
+    pub bot: Arc<Bot>,
     pub done: oneshot::Sender<TurnResult>,
 }
 
@@ -104,6 +108,7 @@ pub struct TenantActor {
     /// Arrival times within the last second, for the tenant quota.
     recent: std::collections::VecDeque<Instant>,
     key: TenantKey,
+    /// The bot of the latest activity (what new conversation actors start with).
     bot: Arc<Bot>,
     conversations: HashMap<String, ConversationEntry>,
     last_activity: Instant,
@@ -189,6 +194,7 @@ impl Handler<Route> for TenantActor {
         }
         self.activities += 1;
         self.last_activity = now;
+        self.bot = msg.bot.clone();
         let conversation_id = msg
             .turn
             .activity
@@ -197,6 +203,7 @@ impl Handler<Route> for TenantActor {
             .to_owned();
         let mut deliver = Deliver {
             turn: msg.turn,
+            bot: msg.bot,
             done: msg.done,
         };
         // Two attempts: the known actor, then a fresh one if that one died.

@@ -2,33 +2,37 @@
 //!
 //! - [`settings`]: configuration (defaults <- file <- environment), loaded and
 //!   checked by one function that `serve` and `check-config` share;
+//! - [`registry`]: the bots, built from the configuration and from the admin
+//!   API's registry, kept current on every replica;
 //! - [`ingress_http`]: `POST /api/messages[/{bot}]`, the cheap checks before the
 //!   runtime's ingress actors;
+//! - [`admin`]: the admin API (`/admin/v1`);
 //! - [`problem`]: RFC 7807 answers.
+//!
+//! `serve` runs two listeners: the public one (`server.listen`) serves only the
+//! messaging endpoint; the admin one (`server.admin_listen`) serves the admin
+//! API, `/metrics`, `/healthz` and `/readyz` (also on the public one with
+//! `server.admin_on_public`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod ingress_http;
 pub mod problem;
+pub mod registry;
 pub mod settings;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use botfleet_auth::inbound::{BotTrust, InboundValidator};
-use botfleet_auth::outbound::{
-    ClientCredential, ClientCredentialsProvider, ManagedIdentityProvider, TokenCache,
-    TokenCacheConfig, TokenProvider,
-};
+use botfleet_auth::inbound::InboundValidator;
+use botfleet_auth::outbound::{TokenCache, TokenCacheConfig};
 use botfleet_auth::Cloud;
-use botfleet_auth::{ServiceUrlAllowlist, TenantPolicy};
-use botfleet_connector::{BotSettings as ConnectorBotSettings, Connector};
-use botfleet_runtime::handlers::{EchoHandler, NotifyOnlyHandler, WebhookConfig, WebhookHandler};
-use botfleet_runtime::outbound::Replier;
+use botfleet_connector::Connector;
 use botfleet_runtime::token_tier::RedisSharedTokens;
-use botfleet_runtime::{Bot, BotHandler, BotRegistry, RecordingHandler, Runtime};
+use botfleet_runtime::{BotRegistry, Runtime};
+use botfleet_store::admin::{MemoryAdminStore, RedisAdminStore};
 use botfleet_store::conversations::{
     ConversationStore, MemoryConversationStore, RedisConversationStore,
 };
@@ -37,10 +41,9 @@ use botfleet_store::token_tier::RedisTokenTier;
 use botfleet_store::RedisPool;
 use thiserror::Error;
 
-use settings::{
-    HandlerSettings, LoadedConfig, LogFormat, PreparedBot, PreparedCredential, Settings,
-    StoreBackend,
-};
+use admin::{AdminConfig, AdminState, AdminStores};
+use registry::{BotFactory, RegistryFollower, RegistryStatus};
+use settings::{Environment, LoadedConfig, LogFormat, Settings, StoreBackend};
 
 /// Why `serve` stopped after its configuration was accepted (exit 1).
 #[derive(Debug, Error)]
@@ -51,9 +54,13 @@ pub enum StartError {
     Store(String),
     #[error("invalid bot configuration: {0}")]
     Bots(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot start the admin API: {0}")]
+    Admin(String),
+    #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         addr: String,
+        /// The setting that names the address.
+        key: &'static str,
         source: std::io::Error,
     },
     #[error("server error: {0}")]
@@ -66,6 +73,14 @@ pub struct AppState {
     pub runtime: Runtime,
     /// For readiness: the Redis every Redis-backed part shares.
     pub redis: Option<RedisPool>,
+    /// The admin API's state (keys, registry, audit).
+    pub admin: web::Data<AdminState>,
+    /// Applies the admin API's bots to the runtime on this replica.
+    pub registry: Arc<RegistryFollower>,
+    /// OpenID metadata URLs of the configuration bots' clouds: readiness waits
+    /// for their keys (not for clouds only bots from the admin API use, so
+    /// one registration cannot take the replica out of rotation).
+    config_key_urls: HashSet<String>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -93,76 +108,6 @@ pub fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
-    }
-}
-
-fn build_handler(
-    bot_id: &str,
-    settings: &HandlerSettings,
-    replier: Option<Replier>,
-    http: &reqwest::Client,
-) -> Result<Arc<dyn BotHandler>, StartError> {
-    let needs = |r: Option<Replier>| {
-        r.ok_or_else(|| {
-            StartError::Bots(format!(
-                "bot `{bot_id}`: this handler replies and needs app_password"
-            ))
-        })
-    };
-    Ok(match settings {
-        HandlerSettings::Record => Arc::new(RecordingHandler::new()),
-        HandlerSettings::Echo => Arc::new(EchoHandler::new(needs(replier)?)),
-        HandlerSettings::NotifyOnly { text } => {
-            Arc::new(NotifyOnlyHandler::new(needs(replier)?, text.clone()))
-        }
-        HandlerSettings::Webhook {
-            url,
-            secret,
-            timeout,
-            allow_insecure_http,
-        } => Arc::new(
-            WebhookHandler::new(
-                WebhookConfig {
-                    url: url.clone(),
-                    secret: secret.clone(),
-                    timeout: *timeout,
-                    allow_insecure_http: *allow_insecure_http,
-                },
-                http.clone(),
-                replier,
-            )
-            .map_err(|e| StartError::Bots(format!("bot `{bot_id}`: {e}")))?,
-        ),
-    })
-}
-
-/// The token provider of one bot's credential, read and parsed by
-/// [`settings::load`] (so a bad key file stops start-up, not the first reply).
-fn token_provider(
-    bot: &PreparedBot,
-    credential: &PreparedCredential,
-    http: &reqwest::Client,
-) -> Arc<dyn TokenProvider> {
-    let (cloud, app_id) = (&bot.cloud, bot.settings.app_id.as_str());
-    let tenant = bot.settings.tenant_id.as_deref();
-    let client = |c: ClientCredential| {
-        ClientCredentialsProvider::new(cloud, app_id, tenant, c).with_http_client(http.clone())
-    };
-    match credential {
-        PreparedCredential::Secret(secret) => {
-            Arc::new(client(ClientCredential::Secret(secret.clone())))
-        }
-        PreparedCredential::Certificate(c) => {
-            Arc::new(client(ClientCredential::Certificate(c.clone())))
-        }
-        PreparedCredential::WorkloadIdentity(env) => Arc::new(
-            ClientCredentialsProvider::workload_identity(cloud, app_id, tenant, env)
-                .with_http_client(http.clone()),
-        ),
-        PreparedCredential::ManagedIdentity { client_id, source } => Arc::new(
-            ManagedIdentityProvider::new(cloud, Some(client_id), source.clone())
-                .with_http_client(http.clone()),
-        ),
     }
 }
 
@@ -207,8 +152,10 @@ fn build_outbound(settings: &Settings, redis: Option<&RedisPool>) -> Result<Outb
     })
 }
 
-/// Builds the store, bots, validator and actor runtime from a checked
-/// configuration ([`settings::load`] or [`LoadedConfig::from_settings`]).
+/// Builds the stores, bots (the configuration's, then the admin API's),
+/// validator, actor runtime and admin API from a checked configuration
+/// ([`settings::load`] or [`LoadedConfig::from_settings`]), and starts the task
+/// that follows the bot registry.
 pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
     let LoadedConfig {
         settings,
@@ -223,9 +170,13 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
 
-    let (store, redis): (Arc<dyn ConversationStore>, Option<RedisPool>) =
+    let (store, redis, admin_stores): (Arc<dyn ConversationStore>, Option<RedisPool>, AdminStores) =
         match settings.store.backend {
-            StoreBackend::Memory => (Arc::new(MemoryConversationStore::new()), None),
+            StoreBackend::Memory => {
+                let store: Arc<dyn ConversationStore> = Arc::new(MemoryConversationStore::new());
+                let admin = AdminStores::from_one(Arc::new(MemoryAdminStore::new()), store.clone());
+                (store, None, admin)
+            }
             StoreBackend::Redis => {
                 let pool = RedisPool::connect(
                     &settings.store.redis_urls,
@@ -238,17 +189,23 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
                     // when Redis comes back.
                     tracing::error!(error = %e, "Redis is not reachable at start-up");
                 }
-                (
-                    Arc::new(RedisConversationStore::new(
+                let store: Arc<dyn ConversationStore> = Arc::new(RedisConversationStore::new(
+                    pool.clone(),
+                    &settings.store.key_prefix,
+                ));
+                let admin = AdminStores::from_one(
+                    Arc::new(RedisAdminStore::new(
                         pool.clone(),
                         &settings.store.key_prefix,
+                        &settings.store.redis_urls,
                     )),
-                    Some(pool),
-                )
+                    store.clone(),
+                );
+                (store, Some(pool), admin)
             }
         };
     if settings.store.backend == StoreBackend::Memory {
-        tracing::warn!("conversation references are kept in memory and lost on restart; set store.backend = \"redis\" in production");
+        tracing::warn!("conversation references, API keys, bots registered through the admin API and the audit log are kept in memory and lost on restart; set store.backend = \"redis\" in production");
     }
 
     let outbound = build_outbound(&settings, redis.as_ref())?;
@@ -256,55 +213,33 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
-    let mut clouds = Vec::new();
-    let mut bots = Vec::new();
+    let factory = BotFactory {
+        store: store.clone(),
+        tokens: outbound.tokens.clone(),
+        connector: outbound.connector.clone(),
+        token_http: outbound.token_http.clone(),
+        webhook_http,
+        retry: settings.outbound.retry_policy(),
+    };
+    let mut config_bots = Vec::new();
+    let mut clouds: Vec<Arc<Cloud>> = Vec::new();
     for p in &prepared {
-        let b = &p.settings;
-        let cloud = Arc::new(p.cloud.clone());
-        if !clouds.iter().any(|c: &Arc<Cloud>| c.name == cloud.name) {
-            clouds.push(cloud.clone());
+        let built = factory
+            .build(p)
+            .map_err(|e| StartError::Bots(e.to_string()))?;
+        if !clouds.iter().any(|c| c.name == built.cloud.name) {
+            clouds.push(built.cloud.clone());
         }
-        let service_urls =
-            ServiceUrlAllowlist::new(&cloud.service_url_hosts, &b.additional_allowed_domains);
-        if service_urls.allows_any_host() {
-            tracing::warn!(bot = %b.id, "additional_allowed_domains contains \"*\": serviceUrl host checking is OFF for this bot; its credentials can be sent to any https host named in an authentic activity");
-        }
-        let trust = Arc::new(BotTrust {
-            bot_id: b.id.clone(),
-            app_id: b.app_id.clone(),
-            cloud,
-            service_urls,
-            tenants: TenantPolicy::new(&b.allowed_tenants),
-        });
-        let id: Arc<str> = Arc::from(b.id.as_str());
-        let provider = p
-            .credential
-            .as_ref()
-            .map(|c| token_provider(p, c, &outbound.token_http));
-        let replier = provider.map(|provider| {
-            let handle = outbound.tokens.register(provider);
-            let client = outbound.connector.bot(
-                ConnectorBotSettings::new(&b.app_id, Arc::new(handle), trust.service_urls.clone())
-                    .with_ambiguous(b.ambiguous_send)
-                    .with_retry(settings.outbound.retry_policy()),
-            );
-            Replier {
-                bot_id: id.clone(),
-                client,
-                store: store.clone(),
-            }
-        });
-        bots.push(Bot {
-            id: id.clone(),
-            trust,
-            handler: build_handler(&b.id, &b.handler, replier, &webhook_http)?,
-            store: store.clone(),
-        });
+        config_bots.push(built);
     }
-    if bots.is_empty() {
-        tracing::warn!("no bots are configured: every activity will be refused (add [[bots]] to the configuration)");
-    }
-    let registry = Arc::new(BotRegistry::new(bots).map_err(|e| StartError::Bots(e.to_string()))?);
+    let config_key_urls = clouds
+        .iter()
+        .map(|c| c.openid_metadata_url.clone())
+        .collect();
+    let registry = Arc::new(BotRegistry::default());
+    registry
+        .replace(config_bots.iter().map(|b| b.bot.clone()))
+        .map_err(|e| StartError::Bots(e.to_string()))?;
 
     let validator = Arc::new(InboundValidator::new(
         http,
@@ -313,11 +248,73 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
     ));
     validator.start().await;
 
-    let runtime = Runtime::start(settings.runtime.runtime_config(), validator, registry);
+    let runtime = Runtime::start(
+        settings.runtime.runtime_config(),
+        validator.clone(),
+        registry.clone(),
+    );
+
+    // The admin API's bots beside the configuration's, now and on every change.
+    let follower = Arc::new(RegistryFollower::new(
+        factory,
+        admin_stores.bots.clone(),
+        registry.clone(),
+        validator,
+        config_bots,
+        settings.clouds.clone(),
+        Environment::process(),
+    ));
+    match follower.sync().await {
+        Ok(_) => {
+            let st = follower.status();
+            tracing::info!(
+                served = st.served,
+                failed = st.failed.len(),
+                revision = ?st.revision,
+                "bots from the admin API loaded"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the bots registered through the admin API; they are applied once the admin store is reachable")
+        }
+    }
+    follower.clone().spawn(settings.admin.registry_poll);
+    if registry.is_empty() {
+        tracing::warn!("no bots: every activity will be refused (add [[bots]] to the configuration, or register bots through the admin API)");
+    }
+
+    let admin = Arc::new(
+        AdminState::new(
+            admin_stores.clone(),
+            settings.bots.clone(),
+            Arc::new(outbound.tokens.clone()),
+            AdminConfig {
+                bootstrap_key: settings.admin.bootstrap_key.clone(),
+                audit_retention: settings.admin.audit_retention,
+                clouds: settings.clouds.clone(),
+                ..AdminConfig::default()
+            },
+        )
+        .map_err(|e| StartError::Admin(e.to_string()))?,
+    );
+    admin.spawn_audit_retention(Duration::from_secs(3600));
+    if settings.admin.bootstrap_key.is_none() {
+        match admin_stores.keys.list().await {
+            Ok(keys) if keys.is_empty() => tracing::warn!(
+                "the admin API has no bootstrap key and no API key exists: nobody can use it; set [admin] bootstrap_key_file (or bootstrap_key_env) to a random key of at least 32 characters"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot tell whether any admin API key exists"),
+        }
+    }
+
     Ok(AppState {
         settings,
         runtime,
         redis,
+        admin: web::Data::from(admin),
+        registry: follower,
+        config_key_urls,
         rejections: Mutex::new(BTreeMap::new()),
     })
 }
@@ -439,10 +436,13 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(out)
 }
 
-/// What keeps this replica from serving: Redis unreachable, signing keys not
-/// loaded. Empty = ready; `/readyz` and the ready line both ask this.
-async fn readiness(state: &AppState) -> Vec<String> {
+/// Readiness of this replica. `problems` keep it out of rotation (Redis
+/// unreachable, signing keys of a configuration bot's cloud not loaded);
+/// `warnings` do not (a registration this replica cannot build, keys of a
+/// cloud only bots from the admin API use, the registry unreadable).
+async fn readiness(state: &AppState) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     if let Some(redis) = &state.redis {
         if let Err(e) = redis.ping().await {
             problems.push(format!("redis: {e}"));
@@ -450,73 +450,164 @@ async fn readiness(state: &AppState) -> Vec<String> {
     }
     for ks in state.runtime.validator().key_store_status() {
         if !ks.loaded {
-            problems.push(format!(
+            let line = format!(
                 "signing keys of {} not loaded yet: {}",
                 ks.metadata_url,
                 ks.last_error.as_deref().unwrap_or("first fetch pending")
-            ));
+            );
+            if state.config_key_urls.contains(&ks.metadata_url) {
+                problems.push(line);
+            } else {
+                warnings.push(line);
+            }
         }
     }
-    problems
+    let registry = state.registry.status();
+    if let Some(e) = &registry.store_error {
+        warnings.push(format!("bot registry: {e}"));
+    }
+    for (bot, e) in &registry.failed {
+        warnings.push(format!(
+            "bot `{bot}` from the admin API is not served here: {e}"
+        ));
+    }
+    (problems, warnings)
 }
 
+/// `{"ready":true}` (200) or `{"ready":false,"problems":[...]}` (503), with
+/// `warnings` when there are any and the bot registry's state:
+/// `"registry":{"revision":7,"served":3,"failed":["b"]}`.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let problems = readiness(&state).await;
+    let (problems, warnings) = readiness(&state).await;
+    let RegistryStatus {
+        revision,
+        served,
+        failed,
+        ..
+    } = state.registry.status();
+    let mut body = serde_json::json!({
+        "ready": problems.is_empty(),
+        "registry": {
+            "revision": revision,
+            "served": served,
+            "failed": failed.keys().collect::<Vec<_>>(),
+        },
+    });
+    if !problems.is_empty() {
+        body["problems"] = serde_json::json!(problems);
+    }
+    if !warnings.is_empty() {
+        body["warnings"] = serde_json::json!(warnings);
+    }
     if problems.is_empty() {
-        HttpResponse::Ok().json(serde_json::json!({"ready": true}))
+        HttpResponse::Ok().json(body)
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"ready": false, "problems": problems}))
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 
-/// Serves until SIGINT/SIGTERM. Prints one JSON line `{"ready":true,"url":...}`
-/// on stdout once `/readyz` would answer 200 (listening, Redis reachable,
-/// signing keys loaded), so scripts and tests can find a port-0 server and
-/// send to it at once; until then it logs what it waits for.
+/// The admin listener's routes: the admin API, `/metrics`, `/healthz`,
+/// `/readyz` (also mounted on the public listener with
+/// `server.admin_on_public`).
+fn operations(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
+    admin::configure(cfg, state.admin.clone());
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// HTTP workers of the admin listener: it serves operators, probes and
+/// scrapers, not Teams' traffic.
+const ADMIN_WORKERS: usize = 2;
+
+/// Serves until SIGINT/SIGTERM. Prints one JSON line
+/// `{"ready":true,"url":"http://PUBLIC","admin_url":"http://ADMIN"}` on stdout
+/// once `/readyz` would answer 200 (both listeners bound, Redis reachable,
+/// signing keys loaded), so scripts and tests can find port-0 listeners and
+/// send at once; until then it logs what it waits for.
 pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
-    let listen = config.settings.server.listen.clone();
-    let workers = config.settings.server.workers;
+    let server = config.settings.server.clone();
     let state = web::Data::new(build(config).await?);
-    let app_state = state.clone();
-    let mut server = HttpServer::new(move || {
+
+    let public_state = state.clone();
+    let admin_on_public = server.admin_on_public;
+    let mut public = HttpServer::new(move || {
+        let state = public_state.clone();
         App::new()
-            .app_data(app_state.clone())
+            .app_data(state.clone())
             .configure(ingress_http::configure)
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
+            .configure(|cfg| {
+                if admin_on_public {
+                    operations(cfg, &state);
+                }
+            })
             .default_service(web::to(problem::not_found))
     })
     .shutdown_timeout(15);
-    if workers > 0 {
-        server = server.workers(workers);
+    if server.workers > 0 {
+        public = public.workers(server.workers);
     }
-    let server = server.bind(&listen).map_err(|source| StartError::Bind {
-        addr: listen.clone(),
+    let public = public
+        .bind(&server.listen)
+        .map_err(|source| StartError::Bind {
+            addr: server.listen.clone(),
+            key: "server.listen",
+            source,
+        })?;
+
+    let admin_state = state.clone();
+    let admin = HttpServer::new(move || {
+        let state = admin_state.clone();
+        App::new()
+            .app_data(state.clone())
+            .configure(|cfg| operations(cfg, &state))
+            .default_service(web::to(problem::not_found))
+    })
+    .workers(ADMIN_WORKERS)
+    .shutdown_timeout(15)
+    .bind(&server.admin_listen)
+    .map_err(|source| StartError::Bind {
+        addr: server.admin_listen.clone(),
+        key: "server.admin_listen",
         source,
     })?;
-    let addrs = server.addrs();
-    let url = addrs
-        .first()
-        .map(|a| format!("http://{a}"))
-        .unwrap_or_default();
-    tracing::info!(%url, bots = state.runtime.bots().len(), "botfleet listening");
-    let server = server.run();
-    actix_web::rt::spawn(announce_when_ready(state, url));
-    server.await?;
+
+    let url_of = |addrs: Vec<std::net::SocketAddr>| {
+        addrs
+            .first()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default()
+    };
+    let url = url_of(public.addrs());
+    let admin_url = url_of(admin.addrs());
+    tracing::info!(%url, %admin_url, bots = state.runtime.bots().len(), "botfleet listening");
+    if admin_on_public {
+        tracing::warn!(
+            %url,
+            "server.admin_on_public = true: the admin API, /metrics, /healthz and /readyz are served on the PUBLIC listener too; everyone who reaches the messaging endpoint reaches them (keys still apply). Turn it off once the admin listener is reachable by your operators"
+        );
+    }
+    let (public, admin) = (public.run(), admin.run());
+    actix_web::rt::spawn(announce_when_ready(state, url, admin_url));
+    // SIGINT/SIGTERM stop both servers (each listens for them).
+    let (public, admin) = futures::future::join(public, admin).await;
+    public?;
+    admin?;
     Ok(())
 }
 
 /// Prints the ready line once [`readiness`] finds nothing missing, logging what
 /// is missing (when it changes) until then.
-async fn announce_when_ready(state: web::Data<AppState>, url: String) {
+async fn announce_when_ready(state: web::Data<AppState>, url: String, admin_url: String) {
     let mut last: Vec<String> = Vec::new();
     loop {
-        let problems = readiness(&state).await;
+        let (problems, _) = readiness(&state).await;
         if problems.is_empty() {
-            tracing::info!(%url, "botfleet ready");
-            println!("{}", serde_json::json!({"ready": true, "url": url}));
+            tracing::info!(%url, %admin_url, "botfleet ready");
+            println!(
+                "{}",
+                serde_json::json!({"ready": true, "url": url, "admin_url": admin_url})
+            );
             return;
         }
         if problems != last {

@@ -473,6 +473,15 @@ impl Drop for Served {
 fn serve(config: &Path, env: &[(&str, &str)]) -> Served {
     let log = tempfile::NamedTempFile::new().expect("log file");
     let mut cmd = botfleet(&["serve", "--config", config.to_str().expect("path")], env);
+    // Tests run side by side: none may take the default admin port (9090)
+    // unless it asks for a port itself.
+    if !env
+        .iter()
+        .any(|(k, _)| *k == "BOTFLEET__SERVER__ADMIN_LISTEN")
+        && !std::fs::read_to_string(config).is_ok_and(|t| t.contains("admin_listen"))
+    {
+        cmd.env("BOTFLEET__SERVER__ADMIN_LISTEN", "127.0.0.1:0");
+    }
     cmd.env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log.reopen().expect("log handle")));
@@ -490,15 +499,23 @@ fn serve(config: &Path, env: &[(&str, &str)]) -> Served {
 }
 
 impl Served {
-    /// The URL of the ready line.
+    /// The (public) URL of the ready line.
     fn ready(&self, within: Duration) -> String {
+        self.ready_urls(within).0
+    }
+
+    /// The public and admin URLs of the ready line.
+    fn ready_urls(&self, within: Duration) -> (String, String) {
         let line = self
             .lines
             .recv_timeout(within)
             .unwrap_or_else(|_| panic!("no ready line within {within:?}"));
         let v: Value = serde_json::from_str(&line).expect("ready line is JSON");
         assert_eq!(v["ready"], true, "{line}");
-        v["url"].as_str().expect("url").to_owned()
+        (
+            v["url"].as_str().expect("url").to_owned(),
+            v["admin_url"].as_str().expect("admin_url").to_owned(),
+        )
     }
 
     fn log_text(&self) -> String {
@@ -700,31 +717,35 @@ async fn readyz(base: &str) -> Option<u16> {
 async fn the_ready_line_waits_until_readyz_answers_200() {
     let redis_port = free_port();
     let listen_port = free_port();
+    let admin_port = free_port();
     let base = format!("http://127.0.0.1:{listen_port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     let f = toml_file(&format!(
-        "[server]\nlisten = \"127.0.0.1:{listen_port}\"\n[store]\nbackend = \"redis\"\nredis_urls = [\"redis://127.0.0.1:{redis_port}\"]\n"
+        "[server]\nlisten = \"127.0.0.1:{listen_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n[store]\nbackend = \"redis\"\nredis_urls = [\"redis://127.0.0.1:{redis_port}\"]\n"
     ));
     let bf = serve(f.path(), &[]);
 
     // Listening, Redis down: /readyz answers 503 and no ready line is printed.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while readyz(&base).await.is_none() {
+    while readyz(&admin).await.is_none() {
         assert!(Instant::now() < deadline, "botfleet never listened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(readyz(&base).await, Some(503));
+    assert_eq!(readyz(&admin).await, Some(503));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         bf.lines.try_recv().is_err(),
         "ready line printed while /readyz answers 503"
     );
-    assert_eq!(readyz(&base).await, Some(503));
+    assert_eq!(readyz(&admin).await, Some(503));
 
     // Redis comes up: the ready line follows, and /readyz agrees.
     let _redis = redis_server(redis_port);
-    let url = bf.ready(Duration::from_secs(20));
-    assert_eq!(url, base);
-    assert_eq!(readyz(&base).await, Some(200));
+    let (url, admin_url) = bf.ready_urls(Duration::from_secs(20));
+    assert_eq!((url, admin_url.as_str()), (base.clone(), admin.as_str()));
+    assert_eq!(readyz(&admin).await, Some(200));
+    // The public listener serves the messaging endpoint only.
+    assert_eq!(readyz(&base).await, Some(404));
 }
 
 #[actix_web::test]

@@ -394,7 +394,7 @@ cloud = "sim"
     }
     let health = rt.block_on(async {
         client
-            .get(format!("{base}/healthz"))
+            .get(format!("{}/healthz", bf.admin_url()))
             .send()
             .await
             .map(|r| r.status().as_u16())

@@ -214,10 +214,10 @@ async fn hook_answer(recorded: &Mutex<Vec<Value>>, body: &[u8]) -> HttpResponse 
     }
 }
 
-/// `botfleet_replies_total{outcome}` of one replica.
-async fn replies(botfleet: &str, outcome: &str) -> f64 {
+/// `botfleet_replies_total{outcome}` of one replica (its admin URL).
+async fn replies(admin: &str, outcome: &str) -> f64 {
     metric(
-        botfleet,
+        admin,
         &format!("botfleet_replies_total{{outcome=\"{outcome}\"}}"),
     )
     .await
@@ -265,7 +265,7 @@ async fn edit_delete_same_id_each_event_once_resends_dropped_on_any_replica() {
     assert_eq!(hook.seen.lock().len(), 4, "a resend reached the bot");
     for bf in [&e.a, &e.b] {
         assert_eq!(
-            metric(bf.url(), "botfleet_activities_duplicate_total").await,
+            metric(bf.admin_url(), "botfleet_activities_duplicate_total").await,
             4.0
         );
     }
@@ -406,7 +406,7 @@ async fn gcc_move_the_next_reply_goes_to_the_moved_host_on_any_replica() {
         "a reply after the move went to the public host: {calls:?}"
     );
     assert_eq!(
-        metric(e.a.url(), "botfleet_references_moved_total").await,
+        metric(e.a.admin_url(), "botfleet_references_moved_total").await,
         1.0
     );
 }
@@ -446,7 +446,7 @@ async fn a_late_reply_outcome_does_not_undo_an_uninstall() {
     assert_eq!(after.reference.service_url, service_url(&e.sim.url));
     assert_eq!(after.generation, uninstalled.generation);
     assert_eq!(
-        metric(e.a.url(), "botfleet_reference_outcomes_stale_total").await,
+        metric(e.a.admin_url(), "botfleet_reference_outcomes_stale_total").await,
         1.0
     );
 }
@@ -479,15 +479,19 @@ async fn a_resend_after_a_504_on_the_reply_never_sends_a_second_reply() {
         "one reply attempt, whatever Teams resends"
     );
     assert_eq!(
-        metric(e.a.url(), "botfleet_replies_total{outcome=\"unknown\"}").await,
+        metric(
+            e.a.admin_url(),
+            "botfleet_replies_total{outcome=\"unknown\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        metric(e.a.url(), "botfleet_activities_duplicate_total").await,
+        metric(e.a.admin_url(), "botfleet_activities_duplicate_total").await,
         2.0
     );
     assert_eq!(
-        metric(e.b.url(), "botfleet_activities_duplicate_total").await,
+        metric(e.b.admin_url(), "botfleet_activities_duplicate_total").await,
         1.0
     );
 }
@@ -537,9 +541,9 @@ async fn failed_replies_are_answered_2xx_once_with_their_outcome_recorded() {
         e.stored("a:error").await.active,
         "a 500 says nothing about the conversation"
     );
-    assert_eq!(replies(e.a.url(), "conversation_gone").await, 2.0);
-    assert_eq!(replies(e.a.url(), "rejected").await, 1.0);
-    assert_eq!(replies(e.a.url(), "delivered").await, 0.0);
+    assert_eq!(replies(e.a.admin_url(), "conversation_gone").await, 2.0);
+    assert_eq!(replies(e.a.admin_url(), "rejected").await, 1.0);
+    assert_eq!(replies(e.a.admin_url(), "delivered").await, 0.0);
     let warned =
         e.a.proc
             .log_text()
@@ -627,7 +631,7 @@ async fn webhook_answers_say_whether_a_resend_helps() {
     assert_eq!((got.0, &got.1), (200, &json!({"ok": true})));
     assert_eq!(
         metric(
-            e.a.url(),
+            e.a.admin_url(),
             "botfleet_replies_total{outcome=\"conversation_gone\"}"
         )
         .await,

@@ -157,10 +157,12 @@ struct RefreshState {
 
 pub(crate) struct KeyStore {
     pub(crate) metadata_url: String,
-    pub(crate) clouds: Vec<String>,
+    /// Names of the clouds using this metadata URL (more join at run time,
+    /// see [`KeyStore::add_cloud`]).
+    clouds: RwLock<Vec<String>>,
     /// The clouds of `clouds` that accept keys without endorsements (for the
     /// warning's wording only; the check itself is per bot's cloud).
-    accepting_unendorsed: Vec<String>,
+    accepting_unendorsed: RwLock<Vec<String>>,
     client: reqwest::Client,
     fetch_timeout: Duration,
     /// `None` until the first successful fetch.
@@ -186,13 +188,26 @@ impl KeyStore {
     ) -> Self {
         Self {
             metadata_url,
-            clouds,
-            accepting_unendorsed,
+            clouds: RwLock::new(clouds),
+            accepting_unendorsed: RwLock::new(accepting_unendorsed),
             client,
             fetch_timeout,
             keys: RwLock::new(None),
             state: Mutex::new(RefreshState::default()),
             flight: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Names one more cloud that uses this metadata URL (a bot of that cloud
+    /// registered at run time); `accepting` as in the constructor.
+    pub(crate) fn add_cloud(&self, name: &str, accepting: bool) {
+        let mut clouds = self.clouds.write();
+        if clouds.iter().any(|c| c == name) {
+            return;
+        }
+        clouds.push(name.to_owned());
+        if accepting {
+            self.accepting_unendorsed.write().push(name.to_owned());
         }
     }
 
@@ -215,7 +230,7 @@ impl KeyStore {
         let st = self.state.lock();
         KeyStoreStatus {
             metadata_url: self.metadata_url.clone(),
-            clouds: self.clouds.clone(),
+            clouds: self.clouds.read().clone(),
             key_count,
             loaded: self.loaded(),
             last_success_unix_ms: st.last_success_at.map(unix_ms),
@@ -275,16 +290,18 @@ impl KeyStore {
                 if !unendorsed.is_empty() {
                     unendorsed.sort_unstable();
                     st.fetches_with_keys_without_endorsements += 1;
-                    let refused: Vec<&str> = self
+                    let accepting = self.accepting_unendorsed.read().clone();
+                    let refused: Vec<String> = self
                         .clouds
+                        .read()
                         .iter()
-                        .filter(|c| !self.accepting_unendorsed.contains(c))
-                        .map(String::as_str)
+                        .filter(|c| !accepting.contains(c))
+                        .cloned()
                         .collect();
                     tracing::warn!(
                         metadata_url = %self.metadata_url,
                         kids = %unendorsed.join(","),
-                        accepted_for = %self.accepting_unendorsed.join(","),
+                        accepted_for = %accepting.join(","),
                         refused_for = %refused.join(","),
                         "the signing key set has keys without an endorsements list: tokens they sign are refused (403 endorsement) for the clouds in refused_for; auth.accept_keys_without_endorsements lists the clouds that accept them"
                     );

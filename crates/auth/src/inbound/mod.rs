@@ -2,7 +2,9 @@
 //!
 //! [`InboundValidator`] owns one key store per OpenID metadata URL (fetched at
 //! start, refreshed on a schedule and on an unknown `kid`, rate-limited, last good
-//! keys kept on failure) and a bounded cache of verified tokens. `validate` runs
+//! keys kept on failure; a cloud first used by a bot registered at run time gets
+//! its store then, [`InboundValidator::add_clouds`]) and a bounded cache of
+//! verified tokens. `validate` runs
 //! the inbound checks in order:
 //!
 //! bearer token -> well-formed RS256 JWT -> key by `kid` -> signature -> `iss` ->

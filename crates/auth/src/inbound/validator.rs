@@ -15,7 +15,7 @@ use botfleet_protocol::Activity;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use moka::sync::Cache;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
@@ -214,12 +214,23 @@ impl moka::Expiry<[u8; 32], Arc<CachedToken>> for UntilTokenExpiry {
 /// Validates inbound activities for every bot of every configured cloud.
 pub struct InboundValidator {
     config: InboundConfig,
-    stores: Vec<Arc<KeyStore>>,
+    /// For the key stores of clouds added at run time.
+    client: reqwest::Client,
+    /// One per OpenID metadata URL; only ever grows ([`Self::add_clouds`]).
+    stores: RwLock<Vec<Arc<KeyStore>>>,
     /// Accepted `iss` per metadata URL (used before the bot is known).
-    issuers: HashMap<String, Vec<String>>,
+    issuers: RwLock<HashMap<String, Vec<String>>>,
     signature_only: Validation,
     cache: Option<Cache<[u8; 32], Arc<CachedToken>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    scheduler: Mutex<Scheduler>,
+}
+
+/// The background refreshes: one task per key store, once [`InboundValidator::start`] ran.
+#[derive(Default)]
+struct Scheduler {
+    started: bool,
+    /// (metadata URL, its refresh task).
+    tasks: Vec<(String, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for InboundValidator {
@@ -230,8 +241,9 @@ impl std::fmt::Debug for InboundValidator {
                 "key_stores",
                 &self
                     .stores
+                    .read()
                     .iter()
-                    .map(|s| &s.metadata_url)
+                    .map(|s| s.metadata_url.clone())
                     .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
@@ -240,7 +252,7 @@ impl std::fmt::Debug for InboundValidator {
 
 impl Drop for InboundValidator {
     fn drop(&mut self) {
-        for t in self.tasks.lock().drain(..) {
+        for (_, t) in self.scheduler.lock().tasks.drain(..) {
             t.abort();
         }
     }
@@ -345,34 +357,6 @@ impl InboundValidator {
         config: InboundConfig,
         clouds: impl IntoIterator<Item = Arc<Cloud>>,
     ) -> Self {
-        let mut stores: Vec<Arc<KeyStore>> = Vec::new();
-        let mut members: Vec<(String, Vec<String>)> = Vec::new();
-        let mut issuers: HashMap<String, Vec<String>> = HashMap::new();
-        for cloud in clouds {
-            let url = cloud.openid_metadata_url.clone();
-            match members.iter_mut().find(|(u, _)| *u == url) {
-                Some((_, names)) => names.push(cloud.name.clone()),
-                None => members.push((url.clone(), vec![cloud.name.clone()])),
-            }
-            let iss = issuers.entry(url).or_default();
-            if !iss.contains(&cloud.token_issuer) {
-                iss.push(cloud.token_issuer.clone());
-            }
-        }
-        for (url, names) in members {
-            let accepting = names
-                .iter()
-                .filter(|n| config.accept_keys_without_endorsements.contains(n))
-                .cloned()
-                .collect();
-            stores.push(Arc::new(KeyStore::new(
-                url,
-                names,
-                accepting,
-                client.clone(),
-                config.fetch_timeout,
-            )));
-        }
         let mut signature_only = Validation::new(Algorithm::RS256);
         signature_only.validate_exp = false;
         signature_only.validate_nbf = false;
@@ -385,51 +369,134 @@ impl InboundValidator {
                 .expire_after(UntilTokenExpiry)
                 .build()
         });
-        Self {
+        let validator = Self {
             config,
-            stores,
-            issuers,
+            client,
+            stores: RwLock::new(Vec::new()),
+            issuers: RwLock::new(HashMap::new()),
             signature_only,
             cache,
-            tasks: Mutex::new(Vec::new()),
+            scheduler: Mutex::new(Scheduler::default()),
+        };
+        validator.insert_clouds(clouds);
+        validator
+    }
+
+    /// Registers `clouds`: a cloud whose metadata URL has a key store joins it,
+    /// any other gets a new store (returned, not fetched yet).
+    fn insert_clouds(&self, clouds: impl IntoIterator<Item = Arc<Cloud>>) -> Vec<Arc<KeyStore>> {
+        let mut stores = self.stores.write();
+        let mut issuers = self.issuers.write();
+        let mut created = Vec::new();
+        for cloud in clouds {
+            let url = &cloud.openid_metadata_url;
+            let accepting = self
+                .config
+                .accept_keys_without_endorsements
+                .contains(&cloud.name);
+            match stores.iter().find(|s| s.metadata_url == *url) {
+                Some(store) => store.add_cloud(&cloud.name, accepting),
+                None => {
+                    let store = Arc::new(KeyStore::new(
+                        url.clone(),
+                        vec![cloud.name.clone()],
+                        if accepting {
+                            vec![cloud.name.clone()]
+                        } else {
+                            Vec::new()
+                        },
+                        self.client.clone(),
+                        self.config.fetch_timeout,
+                    ));
+                    stores.push(store.clone());
+                    created.push(store);
+                }
+            }
+            let iss = issuers.entry(url.clone()).or_default();
+            if !iss.contains(&cloud.token_issuer) {
+                iss.push(cloud.token_issuer.clone());
+            }
         }
+        created
+    }
+
+    /// Adds clouds while the validator runs (a bot of a cloud no other bot
+    /// used was registered): each new OpenID metadata URL gets a key store,
+    /// fetched once before this returns and then refreshed on the schedule
+    /// like the others (once [`Self::start`] ran). A cloud whose URL is known
+    /// only adds its name and issuer. Never fails: a store that could not be
+    /// loaded answers 503 `keys_unavailable` for its bots and is retried.
+    ///
+    /// Returns the status of the stores it created (empty when none was new).
+    pub async fn add_clouds(
+        &self,
+        clouds: impl IntoIterator<Item = Arc<Cloud>>,
+    ) -> Vec<KeyStoreStatus> {
+        let created = self.insert_clouds(clouds);
+        futures::future::join_all(created.iter().map(|s| s.refresh(None))).await;
+        let mut scheduler = self.scheduler.lock();
+        if scheduler.started {
+            for store in &created {
+                self.schedule(&mut scheduler, store);
+            }
+        }
+        created.iter().map(|s| s.status()).collect()
+    }
+
+    /// Starts the refresh task of `store` unless it has one.
+    fn schedule(&self, scheduler: &mut Scheduler, store: &Arc<KeyStore>) {
+        if scheduler
+            .tasks
+            .iter()
+            .any(|(url, _)| *url == store.metadata_url)
+        {
+            return;
+        }
+        let every = self.config.refresh_interval;
+        let retry = self.config.retry_interval.min(every);
+        let task_store = Arc::clone(store);
+        let task = tokio::spawn(async move {
+            loop {
+                let wait = if task_store.loaded() && !task_store.last_attempt_failed() {
+                    every
+                } else {
+                    retry
+                };
+                tokio::time::sleep(wait).await;
+                task_store.refresh(None).await;
+            }
+        });
+        scheduler.tasks.push((store.metadata_url.clone(), task));
     }
 
     /// Fetches every key store once, then refreshes each on the schedule in the
     /// background (sooner after a failure). Never fails: a store that could not
     /// be loaded makes its bots answer 503 and shows in [`Self::key_store_status`].
     pub async fn start(&self) {
-        futures::future::join_all(self.stores.iter().map(|s| s.refresh(None))).await;
-        let mut tasks = self.tasks.lock();
-        if !tasks.is_empty() {
+        let stores = self.stores.read().clone();
+        futures::future::join_all(stores.iter().map(|s| s.refresh(None))).await;
+        let mut scheduler = self.scheduler.lock();
+        if scheduler.started {
             return;
         }
-        for store in &self.stores {
-            let store = Arc::clone(store);
-            let every = self.config.refresh_interval;
-            let retry = self.config.retry_interval.min(every);
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let wait = if store.loaded() && !store.last_attempt_failed() {
-                        every
-                    } else {
-                        retry
-                    };
-                    tokio::time::sleep(wait).await;
-                    store.refresh(None).await;
-                }
-            }));
+        scheduler.started = true;
+        // Stores added meanwhile are scheduled too (by whichever of the two
+        // gets here first; `schedule` skips a store that has its task).
+        let stores = self.stores.read().clone();
+        for store in &stores {
+            self.schedule(&mut scheduler, store);
         }
     }
 
     /// Refreshes every key store now (admin action, tests).
     pub async fn refresh_keys(&self) {
-        futures::future::join_all(self.stores.iter().map(|s| s.refresh(None))).await;
+        let stores = self.stores.read().clone();
+        futures::future::join_all(stores.iter().map(|s| s.refresh(None))).await;
     }
 
     /// One entry per OpenID metadata URL, for `/readyz` and the admin API.
     pub fn key_store_status(&self) -> Vec<KeyStoreStatus> {
-        self.stores.iter().map(|s| s.status()).collect()
+        self.stores.read().iter().map(|s| s.status()).collect()
     }
 
     /// Checks the token alone, without the activity: bearer, RS256 JWT, key,
@@ -556,7 +623,7 @@ impl InboundValidator {
         // or bot ids are registered.
         let candidates = match &bot {
             Some(b) => vec![self.store_for(&b.cloud)?],
-            None => self.stores.clone(),
+            None => self.stores.read().clone(),
         };
         if candidates.is_empty() {
             // No cloud configured (no bots): nothing can verify the token, and no
@@ -584,18 +651,19 @@ impl InboundValidator {
         };
 
         // Issuer.
-        let expected_issuers: Vec<&str> = match &bot {
-            Some(b) => vec![b.cloud.token_issuer.as_str()],
+        let expected_issuers: Vec<String> = match &bot {
+            Some(b) => vec![b.cloud.token_issuer.clone()],
             None => self
                 .issuers
+                .read()
                 .get(&store.metadata_url)
-                .map(|v| v.iter().map(String::as_str).collect())
+                .cloned()
                 .unwrap_or_default(),
         };
         if !claims
             .iss
             .as_deref()
-            .is_some_and(|iss| expected_issuers.contains(&iss))
+            .is_some_and(|iss| expected_issuers.iter().any(|e| e == iss))
         {
             return Err(InboundError::Issuer {
                 expected: expected_issuers.join("` or `"),
@@ -638,6 +706,7 @@ impl InboundValidator {
 
     fn store_for(&self, cloud: &Cloud) -> Result<Arc<KeyStore>, InboundError> {
         self.stores
+            .read()
             .iter()
             .find(|s| s.metadata_url == cloud.openid_metadata_url)
             .cloned()

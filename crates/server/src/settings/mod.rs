@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use botfleet_auth::inbound::InboundConfig;
-use botfleet_auth::Cloud;
+use botfleet_auth::{Cloud, Secret};
 use botfleet_connector::{ConnectorConfig, RetryPolicy};
 use botfleet_runtime::RuntimeConfig;
 use serde::{Deserialize, Serialize, Serializer};
@@ -40,6 +40,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub runtime: RuntimeSettings,
     pub outbound: OutboundSettings,
+    pub admin: AdminSettings,
     /// Custom clouds (tests, botfleet-sim, sovereign clouds without a preset),
     /// each defined in full.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -63,8 +64,16 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
-    /// Address the HTTP server binds (IP:port; `0.0.0.0:3978` in a container).
+    /// Address of the public listener (IP:port; `0.0.0.0:3978` in a
+    /// container): `POST /api/messages[/{bot}]` only.
     pub listen: String,
+    /// Address of the admin listener: the admin API (`/admin/v1/...`),
+    /// `/metrics`, `/healthz`, `/readyz`. Loopback by default: expose it only
+    /// to operators and the platform's probes and scrapers.
+    pub admin_listen: String,
+    /// Also serve the admin listener's routes on the public listener, for
+    /// small setups with one port (warned at start-up and by check-config).
+    pub admin_on_public: bool,
     /// Largest accepted request body in bytes; larger ones get 413.
     pub body_limit_bytes: usize,
     /// How long an inbound request waits for the bot handler before answering
@@ -81,6 +90,8 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:3978".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            admin_on_public: false,
             body_limit_bytes: 256 * 1024,
             handler_deadline: Duration::from_secs(10),
             workers: 0,
@@ -139,6 +150,36 @@ impl AuthSettings {
             fetch_timeout: self.fetch_timeout,
             accept_keys_without_endorsements: self.accept_keys_without_endorsements.clone(),
             ..InboundConfig::default()
+        }
+    }
+}
+
+/// The admin API (docs/admin-api.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// The bootstrap admin key: a bearer key with role `admin`, at least 32
+    /// characters (e.g. `openssl rand -hex 32`). Give it as
+    /// `bootstrap_key_file` or `bootstrap_key_env`; shown redacted, never
+    /// logged. Without it only keys created through the API work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_key: Option<Secret>,
+    /// Audit log entries older than this are removed (checked hourly).
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
+    /// How often each replica compares the bot registry's revision with the
+    /// one it applied, to catch up on a change announcement it missed (a
+    /// Redis reconnect). Announced changes apply at once, whatever this is.
+    #[serde(with = "humantime_serde")]
+    pub registry_poll: Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_key: None,
+            audit_retention: crate::admin::AdminConfig::default().audit_retention,
+            registry_poll: Duration::from_secs(5),
         }
     }
 }
@@ -478,6 +519,48 @@ impl Settings {
                     "`{}` is not an IP:port address, e.g. 127.0.0.1:3978 or 0.0.0.0:3978",
                     s.listen
                 ),
+            );
+        }
+        if s.admin_listen.parse::<SocketAddr>().is_err() {
+            fail(
+                "server.admin_listen",
+                format!(
+                    "`{}` is not an IP:port address, e.g. 127.0.0.1:9090 (or 0.0.0.0:9090 in a container whose port is reachable only by the platform)",
+                    s.admin_listen
+                ),
+            );
+        } else if s.admin_listen == s.listen && !s.listen.ends_with(":0") {
+            fail(
+                "server.admin_listen",
+                format!(
+                    "is the address of server.listen ({}): give the admin listener its own port, or set server.admin_on_public = true to serve the admin routes on the public listener as well",
+                    s.listen
+                ),
+            );
+        }
+        if s.admin_on_public {
+            notices.push(
+                "server.admin_on_public = true: the admin API, /metrics, /healthz and /readyz are served on the public listener too, so everyone who reaches the messaging endpoint reaches them; use it only when that listener is not exposed beyond your operators".into(),
+            );
+        }
+        let ad = &self.admin;
+        if let Some(key) = &ad.bootstrap_key {
+            if let Err(problem) = crate::admin::auth::BootstrapKey::new(key) {
+                fail("admin.bootstrap_key", problem);
+            }
+        }
+        if ad.audit_retention < Duration::from_secs(3600) {
+            fail(
+                "admin.audit_retention",
+                "must be at least 1h: the audit log is trimmed hourly, e.g. \"90d\"".into(),
+            );
+        }
+        if ad.registry_poll < Duration::from_millis(100)
+            || ad.registry_poll > Duration::from_secs(3600)
+        {
+            fail(
+                "admin.registry_poll",
+                "must be between 100ms and 1h, e.g. \"5s\": a replica that missed a change announcement applies it within this time".into(),
             );
         }
         if s.body_limit_bytes < 1024 {

@@ -22,7 +22,7 @@ pub const ENV_PREFIX: &str = "BOTFLEET__";
 
 /// Keys whose value is a secret and that may instead be given as `KEY_file`
 /// (a path, e.g. a Kubernetes secret mount) or `KEY_env` (a variable name).
-pub const SECRET_KEYS: [&str; 2] = ["app_password", "secret"];
+pub const SECRET_KEYS: [&str; 3] = ["app_password", "secret", "bootstrap_key"];
 
 /// Duration keys whose old spelling `KEY_ms` / `KEY_secs` (a whole number) is
 /// still read: renamed, converted, and noted so the user can update the file.

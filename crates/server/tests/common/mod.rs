@@ -20,6 +20,8 @@ pub const OTHER_TENANT: &str = "22222222-2222-4222-8222-222222222222";
 pub struct Proc {
     pub child: Child,
     pub url: String,
+    /// `admin_url` of the ready line (botfleet's admin listener; empty for the sim).
+    pub admin_url: String,
     pub name: &'static str,
     pub log: tempfile::NamedTempFile,
 }
@@ -59,7 +61,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     p
 }
 
-/// Starts a process that prints `{"ready":true,"url":...}` on stdout when ready.
+/// Starts a process that prints `{"ready":true,"url":...}` (botfleet adds
+/// `"admin_url"`) on stdout when ready.
 fn start_ready(name: &'static str, mut cmd: Command) -> Proc {
     let log = tempfile::NamedTempFile::new().expect("log file");
     let stderr = log.reopen().expect("log file handle");
@@ -74,13 +77,16 @@ fn start_ready(name: &'static str, mut cmd: Command) -> Proc {
         while let Some(Ok(line)) = lines.next() {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v.get("ready") == Some(&Value::Bool(true)) {
-                    let _ = tx.send(v["url"].as_str().unwrap_or_default().to_owned());
+                    let _ = tx.send((
+                        v["url"].as_str().unwrap_or_default().to_owned(),
+                        v["admin_url"].as_str().unwrap_or_default().to_owned(),
+                    ));
                 }
             }
         }
     });
-    let url = match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(url) => url,
+    let (url, admin_url) = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(urls) => urls,
         Err(_) => {
             let _ = child.kill();
             panic!("{name} did not report ready within 30 s");
@@ -89,6 +95,7 @@ fn start_ready(name: &'static str, mut cmd: Command) -> Proc {
     Proc {
         child,
         url,
+        admin_url,
         name,
         log,
     }
@@ -130,13 +137,26 @@ pub struct Botfleet {
 }
 
 impl Botfleet {
+    /// The public listener: `POST /api/messages[/{bot}]`.
     pub fn url(&self) -> &str {
         &self.proc.url
     }
+
+    /// The admin listener: `/admin/v1/...`, `/metrics`, `/healthz`, `/readyz`.
+    pub fn admin_url(&self) -> &str {
+        &self.proc.admin_url
+    }
 }
 
-/// Starts `botfleet serve` with the given TOML (listen is forced to a free port).
+/// Starts `botfleet serve` with the given TOML (both listeners are forced to
+/// free ports).
 pub fn start_botfleet(toml: &str) -> Botfleet {
+    start_botfleet_with(toml, &[])
+}
+
+/// [`start_botfleet`] with extra environment variables (set after the
+/// listeners', so they may override them).
+pub fn start_botfleet_with(toml: &str, env: &[(&str, &str)]) -> Botfleet {
     let mut config = tempfile::Builder::new()
         .suffix(".toml")
         .tempfile()
@@ -146,7 +166,9 @@ pub fn start_botfleet(toml: &str) -> Botfleet {
     cmd.args(["serve", "--config"])
         .arg(config.path())
         .env("BOTFLEET__SERVER__LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "debug");
+        .env("BOTFLEET__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied());
     let proc = start_ready("botfleet", cmd);
     Botfleet { proc, config }
 }
@@ -247,9 +269,10 @@ pub async fn set_faults(sim: &str, faults: Value) {
 
 /// The value of one sample on botfleet's `/metrics` (`name` with its labels,
 /// e.g. `botfleet_replies_total{outcome="unknown"}`); 0 when absent.
-pub async fn metric(botfleet: &str, sample: &str) -> f64 {
+/// `admin` is the admin listener's URL ([`Botfleet::admin_url`]).
+pub async fn metric(admin: &str, sample: &str) -> f64 {
     let text = http()
-        .get(format!("{botfleet}/metrics"))
+        .get(format!("{admin}/metrics"))
         .send()
         .await
         .expect("GET /metrics")
