@@ -18,6 +18,7 @@ pub mod handler;
 pub mod handlers;
 pub mod ingress;
 pub mod metrics;
+pub mod notify;
 pub mod outbound;
 pub mod tenant;
 #[cfg(test)]

@@ -1,0 +1,646 @@
+//! One delivery of a notification to one target: the marker, the connector
+//! call, the outcome (recorded in the job store and, for the conversation's
+//! reference, through [`crate::delivery::report_outcome`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use botfleet_connector::{Action, ConnectorError, Delivered, Target as SendTarget};
+use botfleet_protocol::{
+    Activity, ChannelAccount, ConversationAccount, ConversationParameters, ConversationReference,
+    TEAMS_CHANNEL_ID,
+};
+use botfleet_store::conversations::{ConversationStore, StoredConversation};
+use botfleet_store::jobs::{BeginSend, SendOutcome as JobOutcome, Target, UserTarget, WorkItem};
+
+use super::{reasons, Ctx, JobInfo, NotifyBot};
+use crate::delivery;
+use crate::now_ms;
+
+/// A work item with what the notifier learned before scheduling it.
+pub(crate) struct Resolved {
+    pub item: WorkItem,
+    pub job: Arc<JobInfo>,
+    /// The rate-limit group the fair queue schedules by (empty: unknown).
+    pub tenant: String,
+    pub lookup: Lookup,
+}
+
+/// What the resolve step found for the item's target.
+pub(crate) enum Lookup {
+    /// A conversation target's stored reference (None: not stored).
+    Conversation(Option<Box<StoredConversation>>),
+    /// Users and channels: the conversation is created at send time.
+    Create,
+    /// The store could not be read: try the item again later.
+    StoreFailed(String),
+}
+
+/// How a delivery ended, for the dispatcher.
+pub(crate) enum Finished {
+    /// Recorded and acknowledged (or rescheduled through the store): done here.
+    Done(Tally),
+    /// Throttled by the local rate limiter for a short while: the item stays
+    /// here (its target is `Retrying` in the store), back at the head of its
+    /// tenant's queue, and the tenant pauses for `wait`.
+    Requeue(Box<Resolved>, Duration),
+}
+
+/// What one finished delivery counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tally {
+    Delivered,
+    Failed,
+    Retried,
+    /// Nothing done: another sender has it, it was final, or not due.
+    Skipped,
+}
+
+/// The Teams error code of a 403/404 as a failure reason
+/// (`BotNotInConversationRoster` -> `bot_not_in_conversation_roster`).
+fn snake(code: &str) -> String {
+    let mut out = String::with_capacity(code.len() + 8);
+    for (i, c) in code.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else {
+            out.push('_');
+        }
+    }
+    out
+}
+
+fn failed(reason: &str, status: Option<u16>, detail: Option<String>) -> JobOutcome {
+    JobOutcome::Failed {
+        reason: reason.to_owned(),
+        status,
+        detail,
+    }
+}
+
+/// The job-store outcome of a connector error on attempt `attempt`
+/// (1-based), and whether it is a local throttle (nothing was sent).
+pub(crate) fn classify(ctx: &Ctx, error: &ConnectorError, attempt: u32) -> JobOutcome {
+    let status = error.status();
+    let now = now_ms();
+    let retry = |reason: &str, hint: Option<Duration>| {
+        if attempt >= ctx.config.max_attempts {
+            return failed(
+                reasons::RETRIES_EXHAUSTED,
+                status,
+                Some(format!("{attempt} attempts; last: {}", one_line(error))),
+            );
+        }
+        // Teams' Retry-After is a floor; backoff grows with the attempts.
+        let backoff = ctx.config.backoff(attempt);
+        let wait = hint.map_or(backoff, |h| h.max(backoff));
+        JobOutcome::Retry {
+            next_at_ms: now + millis(wait),
+            reason: reason.to_owned(),
+        }
+    };
+    match error {
+        ConnectorError::Throttled { retry_after } => JobOutcome::Retry {
+            // Our own limiter: it says exactly when there is room, and no
+            // attempt was made, so it never counts towards giving up.
+            next_at_ms: now + millis(*retry_after),
+            reason: reasons::THROTTLED.into(),
+        },
+        ConnectorError::Failed(f) => match f.action {
+            Action::DeactivateReference => {
+                failed(&snake(&f.code), Some(f.status), Some(one_line(error)))
+            }
+            Action::RetryLater => retry(
+                if f.status == 429 {
+                    reasons::THROTTLED
+                } else {
+                    reasons::TRANSIENT
+                },
+                f.retry_after,
+            ),
+            Action::FixRequest | Action::ForgetActivityId => {
+                failed(reasons::BAD_REQUEST, Some(f.status), Some(one_line(error)))
+            }
+            Action::CheckBotRegistration => failed(
+                reasons::BOT_CREDENTIALS,
+                Some(f.status),
+                Some(one_line(error)),
+            ),
+            Action::Report => failed(reasons::REJECTED, Some(f.status), Some(one_line(error))),
+        },
+        ConnectorError::Unknown { .. } | ConnectorError::InvalidResponse(_) => {
+            failed(reasons::DELIVERY_UNKNOWN, status, Some(one_line(error)))
+        }
+        ConnectorError::ServiceUrlRefused { .. } => {
+            failed(reasons::SERVICE_URL_REFUSED, None, Some(one_line(error)))
+        }
+        ConnectorError::InvalidRequest(_) => {
+            failed(reasons::BAD_REQUEST, None, Some(one_line(error)))
+        }
+        ConnectorError::Token(e) if e.is_permanent() => {
+            failed(reasons::BOT_CREDENTIALS, None, Some(one_line(error)))
+        }
+        ConnectorError::Token(_)
+        | ConnectorError::RateLimiter(_)
+        | ConnectorError::Unreachable { .. } => retry(reasons::TRANSIENT, error.retry_after()),
+    }
+}
+
+fn one_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string().replace(['\n', '\r'], " ");
+    if s.len() <= 300 {
+        return s;
+    }
+    let mut end = 300;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs one delivery to its end. Store failures leave the item
+/// unacknowledged: it is reclaimed and tried again (its marker stops a
+/// second send while the lease runs).
+pub(crate) async fn run(ctx: Arc<Ctx>, r: Resolved) -> Finished {
+    match deliver(&ctx, r).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "notification delivery: job store failed; the item will be reclaimed and retried");
+            Finished::Done(Tally::Skipped)
+        }
+    }
+}
+
+type StoreResult<T> = Result<T, botfleet_store::jobs::JobStoreError>;
+
+async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
+    let jobs = ctx.jobs.as_ref();
+    let item = &r.item;
+    let Some(bot) = ctx.bots.bot(&r.job.bot_id) else {
+        let outcome = failed(
+            reasons::BOT_UNAVAILABLE,
+            None,
+            Some(format!(
+                "bot `{}` is not registered or has no credential for outbound calls",
+                r.job.bot_id
+            )),
+        );
+        return finish(ctx, item, outcome).await;
+    };
+    let Some(activity) = r.job.activity.clone() else {
+        let outcome = failed(
+            reasons::INVALID_ACTIVITY,
+            None,
+            Some("the job's activity is not a Bot Framework activity".into()),
+        );
+        return finish(ctx, item, outcome).await;
+    };
+    // Targets that cannot be sent to fail without a call (and without a marker).
+    let stored = match &r.lookup {
+        Lookup::StoreFailed(e) => {
+            tracing::warn!(error = %e, "notification delivery: conversation store unavailable; retrying later");
+            jobs.reschedule(
+                item,
+                now_ms() + millis(ctx.config.backoff(item.attempt + 1)),
+            )
+            .await?;
+            return Ok(Finished::Done(Tally::Retried));
+        }
+        Lookup::Conversation(None) => {
+            let outcome = failed(
+                reasons::REFERENCE_MISSING,
+                None,
+                Some("no conversation reference is stored for this conversation id".into()),
+            );
+            return finish(ctx, item, outcome).await;
+        }
+        Lookup::Conversation(Some(c)) if !c.active => {
+            let outcome = failed(
+                reasons::REFERENCE_INACTIVE,
+                None,
+                Some(format!(
+                    "the conversation is inactive ({})",
+                    c.inactive_reason.as_deref().unwrap_or("no reason recorded")
+                )),
+            );
+            return finish(ctx, item, outcome).await;
+        }
+        Lookup::Conversation(Some(c)) => Some(c.as_ref()),
+        Lookup::Create => None,
+    };
+
+    let attempt = match jobs
+        .begin_send(item, &ctx.consumer, ctx.config.lease, now_ms())
+        .await?
+    {
+        BeginSend::Begun { attempt, takeover } => {
+            if takeover {
+                tracing::warn!(job = %item.job_id, "notification delivery: taking over a marker whose sender's lease ended (that sender may have sent: the documented duplicate window)");
+            }
+            attempt
+        }
+        BeginSend::NotDue { at_ms } => {
+            jobs.reschedule(item, at_ms).await?;
+            return Ok(Finished::Done(Tally::Skipped));
+        }
+        BeginSend::InFlight { entry_id, .. } => {
+            if entry_id != item.entry_id {
+                jobs.ack(item).await?;
+            }
+            return Ok(Finished::Done(Tally::Skipped));
+        }
+        BeginSend::AlreadyFinal(_) | BeginSend::Unknown => {
+            jobs.ack(item).await?;
+            return Ok(Finished::Done(Tally::Skipped));
+        }
+    };
+
+    let outcome = match (&item.target, stored) {
+        (Target::Conversation { .. }, Some(stored)) => {
+            send_to_reference(ctx, &bot, &activity, stored, attempt).await
+        }
+        (Target::User(user), _) => {
+            send_to_user(ctx, &bot, &r.job.bot_id, &activity, user, attempt).await
+        }
+        (
+            Target::Channel {
+                team_id,
+                channel_id,
+                tenant_id,
+            },
+            _,
+        ) => {
+            send_to_channel(
+                ctx,
+                &bot,
+                &r.job.bot_id,
+                &activity,
+                team_id,
+                channel_id,
+                tenant_id.as_deref(),
+                attempt,
+            )
+            .await
+        }
+        // A conversation target always has its lookup; defensive.
+        (Target::Conversation { .. }, None) => failed(reasons::REFERENCE_MISSING, None, None),
+    };
+
+    if let JobOutcome::Retry { next_at_ms, reason } = &outcome {
+        let wait = Duration::from_millis(next_at_ms.saturating_sub(now_ms()));
+        if reason == reasons::THROTTLED && wait <= ctx.config.local_requeue_max {
+            jobs.finish_send(&item.job_id, &item.target, &outcome, now_ms())
+                .await?;
+            return Ok(Finished::Requeue(Box::new(r), wait));
+        }
+    }
+    finish(ctx, item, outcome).await
+}
+
+/// Records `outcome`, then acknowledges the item (or queues it again for a retry).
+async fn finish(ctx: &Ctx, item: &WorkItem, outcome: JobOutcome) -> StoreResult<Finished> {
+    let jobs = ctx.jobs.as_ref();
+    let done = jobs
+        .finish_send(&item.job_id, &item.target, &outcome, now_ms())
+        .await?;
+    let tally = match &outcome {
+        JobOutcome::Retry { next_at_ms, .. } => {
+            jobs.reschedule(item, *next_at_ms).await?;
+            ctx.counters.retried();
+            return Ok(Finished::Done(Tally::Retried));
+        }
+        JobOutcome::Delivered { .. } => Tally::Delivered,
+        JobOutcome::Failed { reason, status, .. } => {
+            tracing::info!(job = %item.job_id, target = %item.target.key(), %reason, status = ?status, "notification target failed");
+            Tally::Failed
+        }
+    };
+    jobs.ack(item).await?;
+    if done.applied {
+        match tally {
+            Tally::Delivered => ctx.counters.delivered(),
+            Tally::Failed => ctx.counters.failed(),
+            _ => {}
+        }
+    }
+    if done.job_completed {
+        tracing::info!(job = %item.job_id, "notification job completed");
+    }
+    Ok(Finished::Done(tally))
+}
+
+/// The job-store outcome of a send's result, after reporting what it says
+/// about the conversation's reference through its one writer.
+#[allow(clippy::too_many_arguments)]
+async fn outcome_of<T>(
+    ctx: &Ctx,
+    store: &dyn ConversationStore,
+    bot_id: &str,
+    conversation_id: &str,
+    generation: u64,
+    result: &Result<Delivered<T>, ConnectorError>,
+    activity_id: impl FnOnce(&T) -> Option<String>,
+    attempt: u32,
+) -> JobOutcome {
+    let reference = delivery::reference_outcomes(result);
+    if !reference.is_empty() && generation > 0 {
+        // Errors are logged inside; the target's own outcome stands either way.
+        let _ = delivery::report_outcome(
+            store,
+            &ctx.runtime_counters,
+            bot_id,
+            conversation_id,
+            generation,
+            &reference,
+        )
+        .await;
+    }
+    match result {
+        Ok(d) => JobOutcome::Delivered {
+            activity_id: activity_id(&d.value),
+        },
+        Err(e) => classify(ctx, e, attempt),
+    }
+}
+
+async fn send_to_reference(
+    ctx: &Ctx,
+    bot: &NotifyBot,
+    activity: &Activity,
+    stored: &StoredConversation,
+    attempt: u32,
+) -> JobOutcome {
+    let target = SendTarget::from(&stored.reference);
+    let result = bot.client.send(&target, activity).await;
+    outcome_of(
+        ctx,
+        bot.store.as_ref(),
+        &stored.bot_id,
+        &stored.reference.conversation.id,
+        stored.generation,
+        &result,
+        |v| Some(v.id.clone()).filter(|s| !s.is_empty()),
+        attempt,
+    )
+    .await
+}
+
+/// A stored conversation of the bot in `tenant` (any active one): where the
+/// tenant's Bot Connector is (`serviceUrl`, regional) and who the bot is there.
+async fn tenant_anchor(
+    ctx: &Ctx,
+    bot: &NotifyBot,
+    bot_id: &str,
+    tenant: &str,
+) -> Result<Option<ConversationReference>, String> {
+    let key = (bot_id.to_owned(), tenant.to_owned());
+    if let Some(r) = ctx.anchors.lock().get(&key) {
+        return Ok(Some(r.clone()));
+    }
+    let mut cursor: Option<String> = None;
+    // A few pages at most: any active conversation will do.
+    for _ in 0..5 {
+        let page = bot
+            .store
+            .list(bot_id, Some(tenant), cursor.as_deref(), 100)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(c) = page.items.into_iter().find(|c| c.active) {
+            let mut anchors = ctx.anchors.lock();
+            if anchors.len() > 10_000 {
+                anchors.clear();
+            }
+            anchors.insert(key, c.reference.clone());
+            return Ok(Some(c.reference));
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    Ok(None)
+}
+
+fn no_anchor(tenant: &str) -> JobOutcome {
+    failed(
+        reasons::NO_SERVICE_URL,
+        None,
+        Some(format!(
+            "no active conversation of this bot is stored for tenant `{tenant}`, so its Bot Connector serviceUrl is unknown; install the bot in the tenant (or wait for any activity from it) first"
+        )),
+    )
+}
+
+/// A 1:1 conversation with the user: created (Teams returns the existing chat
+/// when there is one), its reference stored through the conversation store's
+/// one writer, then the activity sent into it.
+async fn send_to_user(
+    ctx: &Ctx,
+    bot: &NotifyBot,
+    bot_id: &str,
+    activity: &Activity,
+    user: &UserTarget,
+    attempt: u32,
+) -> JobOutcome {
+    let anchor = match tenant_anchor(ctx, bot, bot_id, &user.tenant_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return no_anchor(&user.tenant_id),
+        Err(e) => {
+            return JobOutcome::Retry {
+                next_at_ms: now_ms() + millis(ctx.config.backoff(attempt)),
+                reason: format!("{}: {e}", reasons::TRANSIENT),
+            }
+        }
+    };
+    let member = if user.aad_object_id.starts_with("29:") {
+        ChannelAccount::new(&user.aad_object_id)
+    } else {
+        ChannelAccount {
+            aad_object_id: Some(user.aad_object_id.clone()),
+            ..ChannelAccount::new(&user.aad_object_id)
+        }
+    };
+    let bot_account = anchor
+        .bot
+        .clone()
+        .unwrap_or_else(|| ChannelAccount::new(format!("28:{}", bot.client.app_id())));
+    // Teams: members [{id}], tenantId, and the tenant in channelData
+    // (https://learn.microsoft.com/en-us/microsoftteams/platform/bots/how-to/conversations/send-proactive-messages#create-the-conversation).
+    let params = ConversationParameters {
+        is_group: false,
+        bot: Some(bot_account.clone()),
+        members: Some(vec![member.clone()]),
+        tenant_id: Some(user.tenant_id.clone()),
+        channel_data: Some(serde_json::json!({"tenant": {"id": user.tenant_id}})),
+        ..ConversationParameters::default()
+    };
+    let created = bot
+        .client
+        .create_conversation(&anchor.service_url, &params)
+        .await;
+    let created = match created {
+        Ok(c) => c,
+        Err(e) => return classify(ctx, &e, attempt),
+    };
+    let service_url = created
+        .value
+        .service_url
+        .clone()
+        .or(created.service_url_moved_to.clone())
+        .unwrap_or_else(|| anchor.service_url.clone());
+    let conversation_id = created.value.id.clone();
+    if conversation_id.is_empty() {
+        return failed(
+            reasons::REJECTED,
+            None,
+            Some("the Bot Connector created the conversation but did not say its id".into()),
+        );
+    }
+    let reference = ConversationReference {
+        activity_id: None,
+        user: Some(member),
+        bot: Some(bot_account),
+        conversation: ConversationAccount {
+            conversation_type: Some("personal".into()),
+            tenant_id: Some(user.tenant_id.clone()),
+            ..ConversationAccount::new(&conversation_id)
+        },
+        channel_id: TEAMS_CHANNEL_ID.into(),
+        service_url: service_url.clone(),
+        locale: None,
+        extra: Default::default(),
+    };
+    // Stored so that later sends (and the admin API) see the conversation.
+    // Best effort: the send below does not depend on it.
+    if let Err(e) = bot.store.upsert(bot_id, &reference, now_ms()).await {
+        tracing::warn!(bot = %bot_id, error = %e, "could not store the reference of a created 1:1 conversation; the next notification creates it again");
+    }
+    let generation = match bot.store.get(bot_id, &conversation_id).await {
+        Ok(Some(c)) => c.generation,
+        _ => 0,
+    };
+    let target = SendTarget::new(service_url, &conversation_id, Some(&user.tenant_id));
+    let result = bot.client.send(&target, activity).await;
+    outcome_of(
+        ctx,
+        bot.store.as_ref(),
+        bot_id,
+        &conversation_id,
+        generation,
+        &result,
+        |v| Some(v.id.clone()).filter(|s| !s.is_empty()),
+        attempt,
+    )
+    .await
+}
+
+/// A new thread in a team channel: `POST /v3/conversations` with `isGroup`,
+/// the channel in channelData and the activity.
+#[allow(clippy::too_many_arguments)]
+async fn send_to_channel(
+    ctx: &Ctx,
+    bot: &NotifyBot,
+    bot_id: &str,
+    activity: &Activity,
+    team_id: &str,
+    channel_id: &str,
+    tenant_id: Option<&str>,
+    attempt: u32,
+) -> JobOutcome {
+    // The channel's (or the team's General channel's) stored reference knows
+    // the serviceUrl and the tenant; else any conversation of the tenant.
+    let mut anchor: Option<ConversationReference> = None;
+    for id in [channel_id, team_id] {
+        match bot.store.get(bot_id, id).await {
+            Ok(Some(c)) if c.active => {
+                anchor = Some(c.reference);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return JobOutcome::Retry {
+                    next_at_ms: now_ms() + millis(ctx.config.backoff(attempt)),
+                    reason: format!("{}: {e}", reasons::TRANSIENT),
+                }
+            }
+        }
+    }
+    let tenant = tenant_id.map(str::to_owned).or_else(|| {
+        anchor
+            .as_ref()
+            .and_then(|a| a.tenant_id().map(str::to_owned))
+    });
+    let Some(tenant) = tenant else {
+        return failed(
+            reasons::NO_SERVICE_URL,
+            None,
+            Some("the team is not stored and no tenant was given: botfleet cannot tell where its Bot Connector is".into()),
+        );
+    };
+    if anchor.is_none() {
+        anchor = match tenant_anchor(ctx, bot, bot_id, &tenant).await {
+            Ok(a) => a,
+            Err(e) => {
+                return JobOutcome::Retry {
+                    next_at_ms: now_ms() + millis(ctx.config.backoff(attempt)),
+                    reason: format!("{}: {e}", reasons::TRANSIENT),
+                }
+            }
+        };
+    }
+    let Some(anchor) = anchor else {
+        return no_anchor(&tenant);
+    };
+    let params = ConversationParameters {
+        is_group: true,
+        bot: anchor.bot.clone(),
+        tenant_id: Some(tenant.clone()),
+        activity: Some(Box::new(activity.clone())),
+        channel_data: Some(serde_json::json!({
+            "channel": {"id": channel_id},
+            "team": {"id": team_id},
+            "tenant": {"id": tenant},
+        })),
+        ..ConversationParameters::default()
+    };
+    let result = bot
+        .client
+        .create_conversation(&anchor.service_url, &params)
+        .await;
+    outcome_of(
+        ctx,
+        bot.store.as_ref(),
+        bot_id,
+        channel_id,
+        // A new thread has no stored reference whose state it could change.
+        0,
+        &result,
+        |v| v.activity_id.clone(),
+        attempt,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake;
+
+    #[test]
+    fn teams_codes_become_snake_case_reasons() {
+        assert_eq!(
+            snake("BotNotInConversationRoster"),
+            "bot_not_in_conversation_roster"
+        );
+        assert_eq!(snake("ConversationNotFound"), "conversation_not_found");
+        assert_eq!(snake("MessageWritesBlocked"), "message_writes_blocked");
+    }
+}

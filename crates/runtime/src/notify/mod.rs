@@ -1,0 +1,699 @@
+//! Proactive notifications: the workers that deliver jobs of the job store
+//! ([`botfleet_store::jobs`]) to their targets through the bots' Bot
+//! Connector clients. `docs/notifications.md` is the user's guide.
+//!
+//! One [`Notifier`] per process, every replica alike (any replica works any
+//! job; the store's consumer group shares the work):
+//!
+//! - **expanders** (one per job this replica expands) turn a job's target
+//!   selection into targets page by page (`add_targets` + `enqueue` +
+//!   `set_expansion`), and only while fewer than
+//!   [`NotifierConfig::expand_ahead`] of its targets wait: a 100,000-target
+//!   job never has more than a few pages of work queued, and the process never
+//!   holds more than [`NotifierConfig::buffer`] conversation references;
+//! - the **taker** takes work items from the store (at most `buffer` in
+//!   hand), reads each conversation target's stored reference, and hands them
+//!   to the dispatcher by tenant;
+//! - the **dispatcher** serves the tenants round-robin ([`fair`]) with at
+//!   most [`NotifierConfig::workers`] deliveries in flight and
+//!   [`NotifierConfig::per_tenant`] per tenant, pausing a tenant the rate
+//!   limiter says is full instead of letting its deliveries hold workers;
+//! - each **delivery** ([`deliver`]) takes the target's marker
+//!   (`begin_send`), calls the connector (the same client, rate limiter and
+//!   buckets as replies: per thread, per bot per tenant, shared through Redis),
+//!   reports what Teams said about the reference through
+//!   [`crate::delivery::report_outcome`], records the outcome
+//!   (`finish_send`) and only then acknowledges the item;
+//! - the **reclaimer** takes over items a dead replica left unacknowledged,
+//!   and the **sweeper** adopts jobs whose expansion stopped (their expander's
+//!   replica died).
+
+mod deliver;
+mod fair;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use botfleet_connector::BotClient;
+use botfleet_protocol::{Activity, ConversationReference};
+use botfleet_store::conversations::{ConversationStore, StoreError};
+use botfleet_store::jobs::{
+    Expansion, JobRecord, JobState, JobStore, JobStoreError, Target, TargetSelection, WorkItem,
+};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Counters;
+use crate::now_ms;
+use deliver::{Finished, Lookup, Resolved, Tally};
+use fair::FairQueue;
+
+/// Failure and retry reasons a target can end with (`failed_by_reason` keys).
+/// Teams' own 403/404 codes appear as their snake_case form
+/// (`bot_not_in_conversation_roster`, `conversation_not_found`, ...).
+pub mod reasons {
+    /// No reference is stored for the conversation id: nothing was sent.
+    pub const REFERENCE_MISSING: &str = "reference_missing";
+    /// The stored reference is inactive (uninstalled, removed, or an earlier
+    /// 403/404): nothing was sent.
+    pub const REFERENCE_INACTIVE: &str = "reference_inactive";
+    /// The local rate limiter (the Teams limits) had no room yet: retried.
+    pub const THROTTLED: &str = "throttled";
+    /// A 5xx, a timeout before sending, a token or Redis hiccup: retried.
+    pub const TRANSIENT: &str = "transient";
+    /// Transient failures [`super::NotifierConfig::max_attempts`] times.
+    pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+    /// Teams refused the activity itself (400/413): fix it, do not resend.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// 401 after a fresh token, or a token endpoint refusing the credential.
+    pub const BOT_CREDENTIALS: &str = "bot_credentials";
+    /// Teams refused it otherwise (e.g. 500).
+    pub const REJECTED: &str = "rejected";
+    /// Sent, but the answer was lost (timeout after sending): not resent so it
+    /// cannot arrive twice; it may or may not have arrived.
+    pub const DELIVERY_UNKNOWN: &str = "delivery_unknown";
+    /// The reference's serviceUrl is not allowed for the bot.
+    pub const SERVICE_URL_REFUSED: &str = "service_url_refused";
+    /// A user or channel target in a tenant with no stored conversation.
+    pub const NO_SERVICE_URL: &str = "no_service_url";
+    /// The job's bot is gone or has no outbound credential.
+    pub const BOT_UNAVAILABLE: &str = "bot_unavailable";
+    /// The job's activity cannot be parsed (written by hand or another version).
+    pub const INVALID_ACTIVITY: &str = "invalid_activity";
+}
+
+/// What the notifier needs of one bot.
+#[derive(Clone)]
+pub struct NotifyBot {
+    /// A client whose `max_rate_limit_wait` is short (see
+    /// [`NotifierConfig::max_rate_limit_wait`]): a full tenant is rescheduled,
+    /// not waited for.
+    pub client: BotClient,
+    pub store: Arc<dyn ConversationStore>,
+}
+
+/// The bots the notifier can send for; the server implements it over its
+/// current bots, so a bot changed at run time is used from the next delivery on.
+pub trait NotifyBots: Send + Sync + 'static {
+    /// The bot, if it is registered and can send (has a credential).
+    fn bot(&self, bot_id: &str) -> Option<NotifyBot>;
+    /// Every registered bot (the sweeper looks for their stalled jobs).
+    fn bot_ids(&self) -> Vec<String>;
+}
+
+/// Tuning; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    /// Deliveries in flight at once in this process.
+    pub workers: usize,
+    /// Deliveries of one tenant in flight at once (50 sends/s per bot per
+    /// tenant at ~100 ms each needs about 5).
+    pub per_tenant: usize,
+    /// Work items held in this process at most (taken, not finished).
+    pub buffer: usize,
+    /// Items per `take`.
+    pub take_batch: usize,
+    /// How long one `take` blocks when the queue is empty.
+    pub block: Duration,
+    /// A `Sending` marker older than this is taken over (its sender died). Must
+    /// exceed the longest connector call (retries included).
+    pub lease: Duration,
+    /// How often unacknowledged items of dead consumers are looked for.
+    pub reclaim_every: Duration,
+    /// An item unacknowledged this long at another consumer is taken over.
+    pub reclaim_idle: Duration,
+    /// How often registered bots' jobs are checked for a stalled expansion.
+    pub sweep_every: Duration,
+    /// Targets added per expansion step.
+    pub expand_page: usize,
+    /// Expansion waits while this many targets of the job are not final.
+    pub expand_ahead: u64,
+    /// Attempts (transient failures) before a target fails `retries_exhausted`.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A throttled item waiting at most this long stays in this process
+    /// (its tenant paused); longer waits go back to the store.
+    pub local_requeue_max: Duration,
+    /// The `RetryPolicy::max_rate_limit_wait` the bots' notifier clients
+    /// should use: longer waits come back as `Throttled` and are rescheduled.
+    pub max_rate_limit_wait: Duration,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        Self {
+            workers: 64,
+            per_tenant: 8,
+            buffer: 2000,
+            take_batch: 200,
+            block: Duration::from_secs(1),
+            lease: Duration::from_secs(180),
+            reclaim_every: Duration::from_secs(15),
+            reclaim_idle: Duration::from_secs(60),
+            sweep_every: Duration::from_secs(10),
+            expand_page: 500,
+            expand_ahead: 2000,
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            local_requeue_max: Duration::from_secs(3),
+            max_rate_limit_wait: Duration::from_millis(200),
+        }
+    }
+}
+
+impl NotifierConfig {
+    /// Exponential backoff with jitter (50-100 % of the step) before attempt
+    /// `attempt + 1`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        use rand::Rng;
+        let step = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)))
+            .min(self.max_backoff);
+        step.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+}
+
+/// Deliveries by how they ended, in this process (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct NotifyCounters {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    /// Attempts that will be retried (throttled, transient).
+    pub retried: AtomicU64,
+    /// Items taken over from a dead consumer.
+    pub reclaimed: AtomicU64,
+}
+
+impl NotifyCounters {
+    fn delivered(&self) {
+        self.delivered.fetch_add(1, Relaxed);
+    }
+    fn failed(&self) {
+        self.failed.fetch_add(1, Relaxed);
+    }
+    fn retried(&self) {
+        self.retried.fetch_add(1, Relaxed);
+    }
+}
+
+/// A job as deliveries need it (cached per job).
+pub(crate) struct JobInfo {
+    bot_id: String,
+    /// `None` when the stored activity does not parse.
+    activity: Option<Activity>,
+}
+
+/// What every task of the notifier shares.
+pub(crate) struct Ctx {
+    jobs: Arc<dyn JobStore>,
+    bots: Arc<dyn NotifyBots>,
+    config: NotifierConfig,
+    consumer: String,
+    counters: Arc<NotifyCounters>,
+    runtime_counters: Arc<Counters>,
+    /// (bot, tenant) -> a reference of that tenant, for users and channels.
+    anchors: Mutex<HashMap<(String, String), ConversationReference>>,
+    /// Jobs this process is expanding.
+    expanding: Mutex<HashSet<String>>,
+    /// Items in hand (taken, not finished), for the taker's backpressure.
+    in_hand: AtomicUsize,
+}
+
+/// The running notifier of this process; dropping it stops its tasks.
+pub struct Notifier {
+    ctx: Arc<Ctx>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("consumer", &self.ctx.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Notifier {
+    /// Starts the tasks on the current tokio runtime. `consumer` must be unique
+    /// per process ([`botfleet_store::jobs::consumer_name`]).
+    pub fn start(
+        config: NotifierConfig,
+        jobs: Arc<dyn JobStore>,
+        bots: Arc<dyn NotifyBots>,
+        consumer: String,
+        runtime_counters: Arc<Counters>,
+    ) -> Self {
+        let ctx = Arc::new(Ctx {
+            jobs,
+            bots,
+            config,
+            consumer,
+            counters: Arc::default(),
+            runtime_counters,
+            anchors: Mutex::new(HashMap::new()),
+            expanding: Mutex::new(HashSet::new()),
+            in_hand: AtomicUsize::new(0),
+        });
+        let (items_tx, items_rx) = mpsc::channel::<Vec<Resolved>>(16);
+        let tasks = vec![
+            tokio::spawn(take_loop(ctx.clone(), items_tx.clone())),
+            tokio::spawn(dispatch_loop(ctx.clone(), items_rx)),
+            tokio::spawn(reclaim_loop(ctx.clone(), items_tx)),
+            tokio::spawn(sweep_loop(ctx.clone())),
+        ];
+        tracing::info!(consumer = %ctx.consumer, workers = ctx.config.workers, "notifier started");
+        Self { ctx, tasks }
+    }
+
+    /// Starts expanding a job just created (the API calls this after the 202
+    /// is decided; the sweeper would find it later anyway).
+    pub fn job_created(&self, job_id: &str) {
+        spawn_expander(self.ctx.clone(), job_id.to_owned());
+    }
+
+    pub fn counters(&self) -> &Arc<NotifyCounters> {
+        &self.ctx.counters
+    }
+
+    /// This process's consumer name in the job store.
+    pub fn consumer(&self) -> &str {
+        &self.ctx.consumer
+    }
+}
+
+// ---------------------------------------------------------------- expansion --
+
+fn spawn_expander(ctx: Arc<Ctx>, job_id: String) {
+    if !ctx.expanding.lock().insert(job_id.clone()) {
+        return;
+    }
+    tokio::spawn(async move {
+        expand(&ctx, &job_id).await;
+        ctx.expanding.lock().remove(&job_id);
+    });
+}
+
+/// Expands one job until its selection is complete or the job is final.
+async fn expand(ctx: &Ctx, job_id: &str) {
+    let mut failures = 0u32;
+    loop {
+        match expand_step(ctx, job_id).await {
+            Ok(Step::Again) => failures = 0,
+            Ok(Step::Wait) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(Step::Done) => return,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(job = %job_id, error = %e, "notification job: expansion step failed; retrying");
+                tokio::time::sleep(ctx.config.backoff(failures.min(6))).await;
+            }
+        }
+    }
+}
+
+enum Step {
+    Again,
+    Wait,
+    Done,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ExpandError {
+    #[error(transparent)]
+    Jobs(#[from] JobStoreError),
+    #[error(transparent)]
+    Conversations(#[from] StoreError),
+}
+
+async fn expand_step(ctx: &Ctx, job_id: &str) -> Result<Step, ExpandError> {
+    let jobs = ctx.jobs.as_ref();
+    let Some(mut job) = jobs.get_job(job_id).await? else {
+        return Ok(Step::Done);
+    };
+    if job.state.is_final() || job.expansion.complete {
+        return Ok(Step::Done);
+    }
+    if job.state == JobState::Queued {
+        job = jobs
+            .set_state(job_id, JobState::Running, None, now_ms())
+            .await?;
+    }
+    let c = &job.counts;
+    if c.pending + c.retrying + c.sending >= ctx.config.expand_ahead {
+        return Ok(Step::Wait);
+    }
+    let (targets, next) = match next_page(ctx, &job).await? {
+        Some(page) => page,
+        None => {
+            let error = format!(
+                "bot `{}` is not registered or has no outbound credential",
+                job.spec.bot_id
+            );
+            tracing::warn!(job = %job_id, %error, "notification job failed");
+            jobs.set_state(job_id, JobState::Failed, Some(&error), now_ms())
+                .await?;
+            return Ok(Step::Done);
+        }
+    };
+    if !targets.is_empty() {
+        jobs.add_targets(job_id, &targets, now_ms()).await?;
+        jobs.enqueue(job_id, &targets).await?;
+    }
+    let complete = next.is_none();
+    jobs.set_expansion(
+        job_id,
+        &Expansion {
+            cursor: next,
+            complete,
+        },
+        now_ms(),
+    )
+    .await?;
+    Ok(if complete { Step::Done } else { Step::Again })
+}
+
+/// The targets of the next page of `job`'s selection and the cursor after it
+/// (`None`: that was the last). `Ok(None)`: the bot is gone.
+async fn next_page(
+    ctx: &Ctx,
+    job: &JobRecord,
+) -> Result<Option<(Vec<Target>, Option<String>)>, ExpandError> {
+    let page = ctx.config.expand_page.max(1);
+    let cursor = job.expansion.cursor.as_deref();
+    // Index cursors for the lists given in the request.
+    let index = cursor.and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    let slice = |len: usize| {
+        let end = (index + page).min(len);
+        (index.min(end)..end, (end < len).then(|| end.to_string()))
+    };
+    Ok(Some(match &job.spec.targets {
+        TargetSelection::Conversations { ids } => {
+            let (range, next) = slice(ids.len());
+            let targets = ids[range]
+                .iter()
+                .map(|id| Target::Conversation {
+                    conversation_id: id.clone(),
+                })
+                .collect();
+            (targets, next)
+        }
+        TargetSelection::Users { users } => {
+            let (range, next) = slice(users.len());
+            (
+                users[range].iter().cloned().map(Target::User).collect(),
+                next,
+            )
+        }
+        TargetSelection::Channel {
+            team_id,
+            channel_id,
+            tenant_id,
+        } => (
+            vec![Target::Channel {
+                team_id: team_id.clone(),
+                channel_id: channel_id.clone(),
+                tenant_id: tenant_id.clone(),
+            }],
+            None,
+        ),
+        TargetSelection::Tenant { .. } | TargetSelection::All => {
+            let tenant = match &job.spec.targets {
+                TargetSelection::Tenant { tenant_id } => Some(tenant_id.as_str()),
+                _ => None,
+            };
+            let Some(bot) = ctx.bots.bot(&job.spec.bot_id) else {
+                return Ok(None);
+            };
+            let listed = bot
+                .store
+                .list(&job.spec.bot_id, tenant, cursor, page)
+                .await?;
+            let targets = listed
+                .items
+                .into_iter()
+                .filter(|c| c.active)
+                .map(|c| Target::Conversation {
+                    conversation_id: c.reference.conversation.id,
+                })
+                .collect();
+            (targets, listed.next_cursor)
+        }
+    }))
+}
+
+/// Adopts jobs of registered bots whose expansion has not moved since the
+/// previous sweep (their expander's replica died), and queued jobs nobody started.
+async fn sweep_loop(ctx: Arc<Ctx>) {
+    let mut last: HashMap<String, Option<String>> = HashMap::new();
+    let mut tick = tokio::time::interval(ctx.config.sweep_every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut seen = HashMap::new();
+        for bot in ctx.bots.bot_ids() {
+            let page = match ctx.jobs.list_jobs(&bot, None, 200).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "notifier sweep: cannot list jobs; next sweep retries");
+                    continue;
+                }
+            };
+            for job in page.items {
+                if job.state.is_final() || job.expansion.complete {
+                    continue;
+                }
+                let stalled = last
+                    .get(&job.id)
+                    .is_some_and(|cursor| *cursor == job.expansion.cursor);
+                if stalled && !ctx.expanding.lock().contains(&job.id) {
+                    tracing::info!(job = %job.id, "notifier: adopting a job whose expansion stopped");
+                    spawn_expander(ctx.clone(), job.id.clone());
+                }
+                seen.insert(job.id, job.expansion.cursor);
+            }
+        }
+        last = seen;
+    }
+}
+
+// ------------------------------------------------------------------ taking --
+
+/// Reads the reference of conversation targets and the job of each item.
+async fn resolve(
+    ctx: &Ctx,
+    items: Vec<WorkItem>,
+    job_cache: &mut HashMap<String, Arc<JobInfo>>,
+) -> Vec<Resolved> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in &items {
+        if !job_cache.contains_key(&item.job_id) {
+            let info = match ctx.jobs.get_job(&item.job_id).await {
+                Ok(Some(job)) => JobInfo {
+                    activity: serde_json::from_value::<Activity>(job.spec.activity.clone()).ok(),
+                    bot_id: job.spec.bot_id,
+                },
+                // A deleted job: its items are dropped by begin_send (Unknown).
+                Ok(None) => JobInfo {
+                    bot_id: String::new(),
+                    activity: None,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "notifier: cannot read a job; its items are retried after reclaim");
+                    continue;
+                }
+            };
+            if job_cache.len() >= 1024 {
+                job_cache.clear();
+            }
+            job_cache.insert(item.job_id.clone(), Arc::new(info));
+        }
+    }
+    let lookups = futures::future::join_all(items.into_iter().map(|item| {
+        let job = job_cache.get(&item.job_id).cloned();
+        async move {
+            let job = job?;
+            let (tenant, lookup) = match &item.target {
+                Target::Conversation { conversation_id } => match ctx.bots.bot(&job.bot_id) {
+                    Some(bot) => match bot.store.get(&job.bot_id, conversation_id).await {
+                        Ok(c) => (
+                            c.as_ref()
+                                .and_then(|c| c.tenant_id.clone())
+                                .unwrap_or_default(),
+                            Lookup::Conversation(c.map(Box::new)),
+                        ),
+                        Err(e) => (String::new(), Lookup::StoreFailed(e.to_string())),
+                    },
+                    // The delivery fails it as bot_unavailable.
+                    None => (String::new(), Lookup::Create),
+                },
+                Target::User(u) => (u.tenant_id.clone(), Lookup::Create),
+                Target::Channel { tenant_id, .. } => {
+                    (tenant_id.clone().unwrap_or_default(), Lookup::Create)
+                }
+            };
+            Some(Resolved {
+                item,
+                job,
+                tenant,
+                lookup,
+            })
+        }
+    }))
+    .await;
+    out.extend(lookups.into_iter().flatten());
+    out
+}
+
+async fn take_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
+    let mut job_cache: HashMap<String, Arc<JobInfo>> = HashMap::new();
+    let mut failures = 0u32;
+    loop {
+        let room = ctx.config.buffer.saturating_sub(ctx.in_hand.load(Relaxed));
+        if room == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let max = room.min(ctx.config.take_batch.max(1));
+        let items = match ctx
+            .jobs
+            .take(&ctx.consumer, max, ctx.config.block, now_ms())
+            .await
+        {
+            Ok(items) => {
+                failures = 0;
+                items
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "notifier: cannot take work from the job store; retrying");
+                tokio::time::sleep(ctx.config.backoff(failures.min(6))).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            continue;
+        }
+        // Job infos are re-read now and then, so a cancelled or changed job is seen.
+        if job_cache.len() > 256 {
+            job_cache.clear();
+        }
+        let resolved = resolve(&ctx, items, &mut job_cache).await;
+        ctx.in_hand.fetch_add(resolved.len(), Relaxed);
+        if tx.send(resolved).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn reclaim_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
+    let mut job_cache: HashMap<String, Arc<JobInfo>> = HashMap::new();
+    let mut tick = tokio::time::interval(ctx.config.reclaim_every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reclaimed = match ctx
+            .jobs
+            .reclaim(
+                &ctx.consumer,
+                ctx.config.reclaim_idle,
+                ctx.config.take_batch.max(1),
+                now_ms(),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "notifier: reclaim failed; next tick retries");
+                continue;
+            }
+        };
+        if !reclaimed.dead_lettered.is_empty() {
+            tracing::warn!(count = reclaimed.dead_lettered.len(), "notifier: work items dead-lettered after too many deliveries; their targets failed `dead_letter`");
+        }
+        if reclaimed.items.is_empty() {
+            continue;
+        }
+        ctx.counters
+            .reclaimed
+            .fetch_add(reclaimed.items.len() as u64, Relaxed);
+        tracing::info!(
+            count = reclaimed.items.len(),
+            "notifier: took over work items another replica left unacknowledged"
+        );
+        job_cache.clear();
+        let resolved = resolve(&ctx, reclaimed.items, &mut job_cache).await;
+        ctx.in_hand.fetch_add(resolved.len(), Relaxed);
+        if tx.send(resolved).await.is_err() {
+            return;
+        }
+    }
+}
+
+// -------------------------------------------------------------- dispatching --
+
+async fn dispatch_loop(ctx: Arc<Ctx>, mut items: mpsc::Receiver<Vec<Resolved>>) {
+    let mut queue: FairQueue<Resolved> = FairQueue::new(ctx.config.per_tenant);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Finished)>();
+    let mut in_flight = 0usize;
+    loop {
+        let now = Instant::now();
+        while in_flight < ctx.config.workers.max(1) {
+            let Some((tenant, r)) = queue.next(now) else {
+                break;
+            };
+            in_flight += 1;
+            let ctx = ctx.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let finished = deliver::run(ctx, r).await;
+                let _ = done.send((tenant, finished));
+            });
+        }
+        let wake = queue
+            .next_wake()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            batch = items.recv() => match batch {
+                Some(batch) => {
+                    for r in batch {
+                        let tenant = r.tenant.clone();
+                        queue.push(&tenant, r);
+                    }
+                }
+                None => return,
+            },
+            Some((tenant, finished)) = done_rx.recv() => {
+                in_flight -= 1;
+                match finished {
+                    Finished::Done(tally) => {
+                        ctx.in_hand.fetch_sub(1, Relaxed);
+                        if tally == Tally::Retried {
+                            tracing::trace!("notification attempt rescheduled");
+                        }
+                    }
+                    Finished::Requeue(r, wait) => {
+                        ctx.counters.retried();
+                        queue.push_front(&tenant, *r);
+                        queue.pause(&tenant, Instant::now() + wait);
+                    }
+                }
+                queue.done(&tenant);
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
