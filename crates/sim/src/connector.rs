@@ -406,6 +406,64 @@ fn paged(members: &[ChannelAccount], query: &str) -> Reply {
     )
 }
 
+enum Plan {
+    Personal { member: ChannelAccount },
+    Thread { channel: String },
+}
+
+enum CreateTarget<'a> {
+    User(&'a str),
+    Channel(&'a str),
+}
+
+fn plan_target(plan: &Plan) -> CreateTarget<'_> {
+    match plan {
+        Plan::Personal { member } => CreateTarget::User(&member.id),
+        Plan::Thread { channel } => CreateTarget::Channel(channel),
+    }
+}
+
+/// Why Teams would refuse to create this conversation for `app_id`: a user of a
+/// tenant with registered installations who did not install the app gets 403
+/// `ForbiddenOperationException` (the app is not installed in their personal
+/// scope); a channel the bot is not in gets 403 `BotNotInConversationRoster`,
+/// or 404 `ConversationNotFound` when the sim does not know it and the tenant
+/// has registered installations
+/// (<https://learn.microsoft.com/en-us/microsoftteams/platform/bots/how-to/conversations/conversation-messages#status-codes-from-bot-conversational-apis>).
+fn not_installed(
+    inner: &Inner,
+    app_id: &str,
+    tenant: Option<&str>,
+    target: &CreateTarget<'_>,
+) -> Option<Reply> {
+    let installed = tenant.and_then(|t| inner.installations.get(app_id)?.get(t));
+    match target {
+        CreateTarget::User(user) => match installed {
+            Some(users) if !users.contains(*user) => Some(Reply::error(
+                403,
+                "ForbiddenOperationException",
+                "The bot is not installed for this user (personal scope); install the app first.",
+            )),
+            _ => None,
+        },
+        CreateTarget::Channel(channel) => match inner.conversations.get(*channel) {
+            Some(c) if !c.app_ids.is_empty() && !c.app_ids.iter().any(|a| a == app_id) => {
+                Some(Reply::error(
+                    403,
+                    "BotNotInConversationRoster",
+                    "The bot is not part of the conversation roster.",
+                ))
+            }
+            None if installed.is_some() => Some(Reply::error(
+                404,
+                "ConversationNotFound",
+                "Conversation not found.",
+            )),
+            _ => None,
+        },
+    }
+}
+
 /// `POST /v3/conversations`, following the behaviour observed on Teams
 /// (PROTOCOL.md 3.1): 1:1 needs exactly one member and a tenant and is
 /// idempotent; channel threads need an activity; group chats cannot be created.
@@ -437,10 +495,6 @@ fn create(
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
 
-    enum Plan {
-        Personal { member: ChannelAccount },
-        Thread { channel: String },
-    }
     let plan = if !params.is_group {
         match params.members.as_deref() {
             Some([member]) if !member.id.is_empty() => Ok(Plan::Personal {
@@ -500,6 +554,9 @@ fn create(
     let mut route = route.clone();
     route.conversation_id = Some(conv_id.clone());
     let mut inner = sim.inner.lock();
+    if let Some(reply) = not_installed(&inner, app_id, tenant.as_deref(), &plan_target(&plan)) {
+        return record(&mut inner, &route, app_id, tenant, raw, None, reply);
+    }
     if let Err(reply) = admit(
         &mut inner,
         Operation::Create,

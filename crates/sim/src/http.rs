@@ -54,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/bots", web::post().to(register_bot))
                 .route("/conversations", web::get().to(list_conversations))
                 .route("/conversations", web::post().to(register_conversations))
+                .route("/installations", web::post().to(install))
                 .route("/faults", web::get().to(get_faults))
                 .route("/faults", web::post().to(set_faults))
                 .route("/faults", web::delete().to(clear_faults))
@@ -313,6 +314,31 @@ async fn register_bot(sim: Data, body: web::Bytes) -> HttpResponse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ConversationsBody {
     conversations: Vec<Conversation>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InstallBody {
+    app_id: String,
+    tenant_id: String,
+    users: Vec<String>,
+}
+
+/// `POST /_sim/installations {appId, tenantId, users}`: these users installed
+/// the app; create-conversation for other users of that tenant is refused.
+async fn install(sim: Data, body: web::Bytes) -> HttpResponse {
+    let req: InstallBody = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    if req.app_id.is_empty() || req.tenant_id.is_empty() {
+        return bad_request("appId and tenantId must not be empty");
+    }
+    if req.users.iter().any(String::is_empty) {
+        return bad_request("user ids must not be empty");
+    }
+    let n = sim.install(&req.app_id, &req.tenant_id, req.users);
+    json_response(200, &json!({ "installed": n }))
 }
 
 async fn register_conversations(sim: Data, body: web::Bytes) -> HttpResponse {

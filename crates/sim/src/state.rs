@@ -195,6 +195,10 @@ impl Settings {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub conversations: HashMap<String, Conversation>,
+    /// app id -> tenant id -> user ids that installed the app (personal scope).
+    /// A (bot, tenant) with an entry here creates 1:1 conversations only for
+    /// those users; without one, for anyone.
+    pub installations: HashMap<String, HashMap<String, std::collections::HashSet<String>>>,
     pub limiter: RateLimiter,
     pub faults: FaultState,
     pub activities: Ring<ActivityRecord>,
@@ -279,6 +283,7 @@ impl Sim {
             ),
             inner: Mutex::new(Inner {
                 conversations: HashMap::new(),
+                installations: HashMap::new(),
                 limiter: RateLimiter::default(),
                 faults: FaultState::default(),
                 activities: Ring::new(max),
@@ -425,6 +430,20 @@ impl Sim {
             inner.conversations.insert(c.id.clone(), c);
         }
         n
+    }
+
+    /// Records that `users` installed `app_id` in `tenant_id` (personal scope);
+    /// from then on the tenant is checked on create. Returns the users now installed.
+    pub fn install(&self, app_id: &str, tenant_id: &str, users: Vec<String>) -> usize {
+        let mut inner = self.inner.lock();
+        let set = inner
+            .installations
+            .entry(app_id.to_owned())
+            .or_default()
+            .entry(tenant_id.to_owned())
+            .or_default();
+        set.extend(users);
+        set.len()
     }
 
     pub fn conversation(&self, id: &str) -> Option<Conversation> {

@@ -995,6 +995,85 @@ async fn create_conversation_follows_teams_rules() {
 }
 
 #[tokio::test]
+async fn create_conversation_needs_the_app_installed_once_installations_are_registered() {
+    let s = sim().await;
+    let token = connector_token(&s).await;
+    let create = |body: Value| {
+        let s = &s;
+        let token = token.clone();
+        async move {
+            let r = http()
+                .post(conversations_url(s, &[]))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .expect("create");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let one_to_one = |user: &str, tenant: &str| json!({ "isGroup": false, "members": [{ "id": user }], "tenantId": tenant });
+    let (status, v) = post_json(
+        &format!("{}/_sim/installations", s.url()),
+        &json!({ "appId": APP, "tenantId": TENANT, "users": ["29:installed"] }),
+    )
+    .await;
+    assert_eq!((status.as_u16(), &v["installed"]), (200, &json!(1)), "{v}");
+    let (status, v) = create(one_to_one("29:installed", TENANT)).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = create(one_to_one("29:stranger", TENANT)).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "ForbiddenOperationException");
+    // Tenants without registered installations still create for anyone.
+    let (status, v) = create(one_to_one("29:stranger", "other-tenant")).await;
+    assert_eq!(status, 201, "{v}");
+
+    // Channel threads: an unknown channel of a checked tenant is 404, a channel
+    // of other bots is 403, a channel the bot is in gets a new thread.
+    register(
+        &s,
+        json!([
+            { "id": "19:ours@thread.tacv2", "tenantId": TENANT, "appIds": [APP] },
+            { "id": "19:theirs@thread.tacv2", "tenantId": TENANT, "appIds": ["someone-else"] }
+        ]),
+    )
+    .await;
+    let thread = |channel: &str| {
+        json!({
+            "isGroup": true,
+            "tenantId": TENANT,
+            "channelData": { "channel": { "id": channel } },
+            "activity": { "type": "message", "text": "news" }
+        })
+    };
+    let (status, v) = create(thread("19:unknown@thread.tacv2")).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("ConversationNotFound")),
+        "{v}"
+    );
+    let (status, v) = create(thread("19:theirs@thread.tacv2")).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (403, &json!("BotNotInConversationRoster")),
+        "{v}"
+    );
+    let (status, v) = create(thread("19:ours@thread.tacv2")).await;
+    assert_eq!(status, 201, "{v}");
+    assert!(v["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("19:ours@thread.tacv2;messageid=")));
+
+    let (status, _) = post_json(
+        &format!("{}/_sim/installations", s.url()),
+        &json!({ "appId": APP, "tenantId": "", "users": [] }),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 400);
+}
+
+#[tokio::test]
 async fn key_rotation_keeps_old_keys_until_retired() {
     let s = sim().await;
     register(&s, json!([{ "id": CONV, "tenantId": TENANT }])).await;
