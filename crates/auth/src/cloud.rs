@@ -1,6 +1,9 @@
 //! Cloud presets: where a bot's tokens come from and where its replies may go.
 //!
-//! Values from PROTOCOL.md sections 1.1, 1.8, 2.1. A custom cloud (tests, local
+//! Values from https://learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-connector-authentication,
+//! https://learn.microsoft.com/azure/bot-service/how-to-deploy-gov-cloud-high,
+//! https://learn.microsoft.com/azure/bot-service/how-to-deploy-china-cloud and
+//! https://microsoft.github.io/teams-sdk/typescript/essentials/app-configuration/service-url-validation. A custom cloud (tests, local
 //! runs against botfleet-sim, sovereign clouds without a preset) is given in full
 //! in configuration; there is no partial override, so nothing silently falls back
 //! to public-cloud endpoints.

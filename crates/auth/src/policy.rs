@@ -1,7 +1,7 @@
 //! Where a bot's credentials may be sent, and which tenants a bot serves.
 //!
 //! The serviceUrl of an inbound activity is where replies, and therefore the bot's
-//! access token, will go. Microsoft's SDKs shipped no such check (PROTOCOL.md 1.8),
+//! access token, will go. Microsoft's SDKs shipped no such check (https://microsoft.github.io/teams-sdk/typescript/essentials/app-configuration/service-url-validation),
 //! so this allowlist is botfleet's own defence: an activity whose serviceUrl is not
 //! on it is rejected at the door and the connector refuses to call such a host.
 

@@ -578,7 +578,7 @@ async fn service_url_claim_host_and_tenant() {
     );
 }
 
-/// Each case fails two checks; the earlier one in DESIGN.md's order is reported.
+/// Each case fails two checks; the earlier one in docs/security.md's order is reported.
 #[tokio::test]
 async fn checks_run_in_order() {
     let f = fixture().await;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::TokenSource;
 
 /// The host Teams tells bots to use for GCC tenants (403 `InvalidBotApiHost`,
-/// PROTOCOL.md 3.2).
+/// https://learn.microsoft.com/microsoftteams/platform/bots/build-conversational-capability).
 pub const GCC_SERVICE_URL: &str = "https://smba.infra.gcc.teams.microsoft.com";
 
 /// Process-wide connector settings.
@@ -60,7 +60,7 @@ pub enum AmbiguousPolicy {
 }
 
 /// How hard one call is retried. Only 412, 429, 502, 503, 504 and failures
-/// before the request left are retried (PROTOCOL.md 3.2).
+/// before the request left are retried (https://learn.microsoft.com/microsoftteams/platform/bots/build-conversational-capability).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Requests per call, the first included.

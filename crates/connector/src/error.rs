@@ -1,5 +1,5 @@
 //! What went wrong with a Bot Connector call, and what the caller should do
-//! about it: the Teams error table (PROTOCOL.md 3.2) as code.
+//! about it: the Teams error table (https://learn.microsoft.com/microsoftteams/platform/bots/build-conversational-capability) as code.
 
 use std::time::{Duration, SystemTime};
 
@@ -43,7 +43,7 @@ pub enum Disposition {
     Permanent(Action),
 }
 
-/// Teams error table (PROTOCOL.md 3.2). `code` is the ErrorResponse code (or
+/// Teams error table (https://learn.microsoft.com/microsoftteams/platform/bots/build-conversational-capability). `code` is the ErrorResponse code (or
 /// the sub-code found in a non-standard body), compared case-insensitively.
 pub fn classify(status: u16, code: &str) -> Disposition {
     let code = code.to_ascii_lowercase();

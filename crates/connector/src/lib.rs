@@ -1,4 +1,6 @@
-//! Bot Connector REST client for botfleet (PROTOCOL.md 3, 4).
+//! Bot Connector REST client for botfleet
+//! (https://learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-connector-api-reference;
+//! limits: https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit).
 //!
 //! - [`client`] has [`Connector`] (one per process: connection pool, rate
 //!   limiter) and [`BotClient`] (one per bot): send, reply, update, delete,

@@ -1,4 +1,4 @@
-//! The Teams bot rate limits (PROTOCOL.md section 4) as exact sliding windows.
+//! The Teams bot rate limits (https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit) as exact sliding windows.
 //!
 //! Every admitted request's arrival time is kept (up to the longest window), so a
 //! client that keeps every window at or under its limit is never throttled, and

@@ -1,4 +1,4 @@
-//! Rate-limit buckets: the Teams limits (PROTOCOL.md 4) as exact sliding windows,
+//! Rate-limit buckets: the Teams limits (https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit) as exact sliding windows,
 //! in memory (one replica) or in Redis (shared by every replica, single node or
 //! Redis Cluster).
 //!
@@ -461,7 +461,7 @@ impl RateLimiter for RedisRateLimiter {
 
 // ---------------------------------------------------------------- Teams
 
-/// The Teams bot limits (PROTOCOL.md 4) and the buckets one call counts against.
+/// The Teams bot limits (https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit) and the buckets one call counts against.
 pub mod teams {
     use super::{Bucket, BucketKey, Window};
 

@@ -1,5 +1,6 @@
-//! Client-credentials grant against an Entra v2.0 token endpoint (PROTOCOL.md 2.1,
-//! 2.2) with a client secret, a certificate (signed client assertion) or a
+//! Client-credentials grant against an Entra v2.0 token endpoint
+//! (https://learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-connector-authentication)
+//! with a client secret, a certificate (signed client assertion) or a
 //! workload-identity federated token.
 
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ pub enum ClientCredential {
     Certificate(CertificateCredential),
     /// Workload identity (AKS): the projected service-account token in this
     /// file is the client assertion. The file is read again for every
-    /// exchange, because the kubelet rotates it (PROTOCOL.md 2.2).
+    /// exchange, because the kubelet rotates it (https://learn.microsoft.com/azure/aks/workload-identity-overview).
     FederatedTokenFile(PathBuf),
 }
 
@@ -180,7 +181,7 @@ pub fn x5t_of_certificate_pem(pem: &str) -> Result<String, String> {
     Ok(URL_SAFE_NO_PAD.encode(Sha1::digest(&der)))
 }
 
-/// Workload identity settings the AKS webhook injects (PROTOCOL.md 2.2).
+/// Workload identity settings the AKS webhook injects (https://learn.microsoft.com/azure/aks/workload-identity-overview).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadIdentityEnv {
     pub client_id: Option<String>,

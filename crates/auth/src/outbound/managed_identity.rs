@@ -1,4 +1,4 @@
-//! Managed identity tokens (user-assigned managed identity bots, PROTOCOL.md 2.2):
+//! Managed identity tokens (user-assigned managed identity bots, https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-use-vm-token):
 //! the Azure Instance Metadata Service on VMs/VMSS/AKS nodes, or the App Service
 //! / Functions identity endpoint.
 

@@ -1,4 +1,4 @@
-//! Bot -> connector access tokens (PROTOCOL.md 2).
+//! Bot -> connector access tokens (https://learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-connector-authentication).
 //!
 //! - [`provider`]: [`TokenKey`], [`AccessToken`], the [`TokenProvider`] trait and
 //!   the token-endpoint exchange every provider shares (AADSTS errors parsed,
