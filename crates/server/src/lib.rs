@@ -431,6 +431,30 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             "botfleet_replies_total{{outcome=\"{outcome}\"}} {count}"
         );
     }
+    let registry = state.registry.status();
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_bots Bots served by this replica, by where they are defined.\n# TYPE botfleet_bots gauge\nbotfleet_bots{{source=\"configuration\"}} {}\nbotfleet_bots{{source=\"api\"}} {}",
+        state.settings.bots.len(),
+        registry.served
+    );
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_registry_bots_failed Bots registered through the admin API that this replica cannot build (see /readyz).\n# TYPE botfleet_registry_bots_failed gauge\nbotfleet_registry_bots_failed {}",
+        registry.failed.len()
+    );
+    if let Some(revision) = registry.revision {
+        let _ = writeln!(
+            out,
+            "# HELP botfleet_registry_revision Bot registry revision this replica applied (equal on every replica once converged).\n# TYPE botfleet_registry_revision gauge\nbotfleet_registry_revision {revision}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_registry_changes_applied_total Bots from the admin API added, changed or removed on this replica.\n# TYPE botfleet_registry_changes_applied_total counter\nbotfleet_registry_changes_applied_total {}\n# HELP botfleet_registry_read_failures_total Failed reads of the bot registry (admin store unreachable).\n# TYPE botfleet_registry_read_failures_total counter\nbotfleet_registry_read_failures_total {}",
+        registry.applied,
+        registry.store_failures
+    );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)
