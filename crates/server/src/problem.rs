@@ -155,6 +155,10 @@ problem_types! {
         "Another bot has this id or app id; the detail names it.");
     BOT_READ_ONLY = ("bot_read_only", 409, "Bot defined in the configuration file",
         "Change it in the configuration file and restart; the admin API changes only bots it created.");
+    NOTIFICATION_NOT_FOUND = ("notification_not_found", 404, "Notification not found",
+        "No notification job with this id for the bots this key may see.");
+    IDEMPOTENCY_CONFLICT = ("idempotency_conflict", 409, "Idempotency-Key reused",
+        "This Idempotency-Key created another notification with a different body; use a new key.");
     PRECONDITION_FAILED = ("precondition_failed", 412, "Stale ETag",
         "The bot changed since it was read; GET it again (`current_etag` gives its ETag) and retry.");
     PRECONDITION_REQUIRED = ("precondition_required", 428, "If-Match required",

@@ -185,6 +185,9 @@ pub enum Action {
     KeysCreate,
     KeysRevoke,
     AuditList,
+    NotificationsCreate,
+    NotificationsGet,
+    NotificationsCancel,
 }
 
 impl Action {
@@ -204,6 +207,9 @@ impl Action {
             Self::KeysCreate => "keys.create",
             Self::KeysRevoke => "keys.revoke",
             Self::AuditList => "audit.list",
+            Self::NotificationsCreate => "notifications.create",
+            Self::NotificationsGet => "notifications.get",
+            Self::NotificationsCancel => "notifications.cancel",
         }
     }
 
@@ -217,6 +223,8 @@ impl Action {
             Self::TokenGet => Permission::TokensRead,
             Self::KeysList | Self::KeysCreate | Self::KeysRevoke => Permission::Keys,
             Self::AuditList => Permission::AuditRead,
+            Self::NotificationsCreate | Self::NotificationsCancel => Permission::NotificationsSend,
+            Self::NotificationsGet => Permission::NotificationsRead,
         }
     }
 
@@ -231,6 +239,8 @@ impl Action {
                 | Self::BotsDelete
                 | Self::KeysCreate
                 | Self::KeysRevoke
+                | Self::NotificationsCreate
+                | Self::NotificationsCancel
         )
     }
 }
@@ -478,6 +488,7 @@ impl Call {
     fn ok_status(&self) -> u16 {
         match self.action {
             Action::BotsCreate | Action::KeysCreate => 201,
+            Action::NotificationsCreate => 202,
             Action::BotsDelete | Action::KeysRevoke => 204,
             _ => 200,
         }

@@ -37,6 +37,12 @@ pub enum AdminError {
     BotNotFound(String),
     #[error("no API key `{0}`")]
     KeyNotFound(String),
+    /// No such job, or one of a bot the key does not reach.
+    #[error("no notification `{0}` (or it belongs to a bot this key is not scoped to)")]
+    NotificationNotFound(String),
+    /// The message names the key and the job it created.
+    #[error("{0}")]
+    IdempotencyConflict(String),
     #[error("the admin API serves no resource at this path with this method (docs/admin-api.md lists them)")]
     RouteNotFound,
     /// A body field is missing, unknown or invalid; `field` is its JSON path
@@ -92,6 +98,8 @@ impl AdminError {
             Self::Forbidden(_) => p::FORBIDDEN,
             Self::BotNotFound(_) => p::BOT_NOT_FOUND,
             Self::KeyNotFound(_) => p::KEY_NOT_FOUND,
+            Self::NotificationNotFound(_) => p::NOTIFICATION_NOT_FOUND,
+            Self::IdempotencyConflict(_) => p::IDEMPOTENCY_CONFLICT,
             Self::RouteNotFound => p::NOT_FOUND,
             Self::InvalidField { .. } | Self::InvalidFields(_) => p::INVALID_FIELD,
             Self::MalformedJson(_) => p::MALFORMED_JSON,

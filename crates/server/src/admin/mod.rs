@@ -39,6 +39,7 @@ pub mod bots;
 pub mod conversations;
 pub mod error;
 pub mod keys;
+pub mod notifications;
 pub mod openapi;
 pub mod tokens;
 
@@ -140,6 +141,8 @@ pub struct AdminState {
     pub(crate) limiter: FailureLimiter,
     pub(crate) audit_retention: Duration,
     pub(crate) clouds: Vec<Cloud>,
+    /// Notification jobs; `None` answers the notification routes 503.
+    pub(crate) notifications: Option<notifications::NotificationsState>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -180,7 +183,19 @@ impl AdminState {
             limiter: FailureLimiter::new(config.failure_limit),
             audit_retention: config.audit_retention,
             clouds: config.clouds,
+            notifications: None,
         })
+    }
+
+    /// Serves the notification routes from this job store; `on_created` is
+    /// told each new job's id (the local notifier starts on it at once).
+    pub fn with_notifications(
+        mut self,
+        jobs: Arc<dyn botfleet_store::jobs::JobStore>,
+        on_created: Option<notifications::JobCreated>,
+    ) -> Self {
+        self.notifications = Some(notifications::NotificationsState { jobs, on_created });
+        self
     }
 
     /// Appends to the audit log. A failure is logged, not returned: the call it
@@ -250,6 +265,10 @@ pub(crate) fn routes() -> utoipa_actix_web::scope::Scope<
         .service(keys::create_key)
         .service(keys::revoke_key)
         .service(audit::list_audit)
+        .service(notifications::create_notification)
+        .service(notifications::get_notification)
+        .service(notifications::list_targets)
+        .service(notifications::cancel_notification)
         .service(openapi::get_openapi)
         .default_service(web::to(not_found))
 }

@@ -51,6 +51,7 @@ pub struct ProblemDoc {
         (name = "tokens", description = "A bot's outbound token status (never a token)."),
         (name = "keys", description = "API keys (admin role, no bot scope)."),
         (name = "audit", description = "Changes and refused calls (admin and operator roles, no bot scope)."),
+        (name = "notifications", description = "Proactive notifications: durable jobs, their state and per-target outcomes (docs/notifications.md)."),
         (name = "meta", description = "This document."),
     )
 )]
