@@ -20,8 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: POST /api/messages and /api/messages/{bot} for Teams,
-    /// /healthz, /readyz and /metrics for the platform.
+    /// Run the server: POST /api/messages and /api/messages/{bot} for Teams on
+    /// [server] listen; the admin API (/admin/v1), /healthz, /readyz and
+    /// /metrics on [server] admin_listen (default 127.0.0.1:9090).
     ///
     /// Configuration: embedded defaults, then the file, then BOTFLEET__SECTION__KEY
     /// environment variables. With no configuration at all it starts on the
