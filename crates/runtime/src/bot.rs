@@ -159,3 +159,66 @@ impl BotResolver for BotRegistry {
         self.current.read().by_app_id(app_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::RecordingHandler;
+    use botfleet_auth::{Cloud, ServiceUrlAllowlist, TenantPolicy};
+    use botfleet_store::conversations::MemoryConversationStore;
+
+    fn bot(id: &str, app_id: &str) -> Arc<Bot> {
+        let cloud = Arc::new(Cloud::preset("public").expect("preset"));
+        Arc::new(Bot {
+            id: Arc::from(id),
+            trust: Arc::new(BotTrust {
+                bot_id: id.into(),
+                app_id: app_id.into(),
+                service_urls: ServiceUrlAllowlist::new(&cloud.service_url_hosts, &[]),
+                cloud,
+                tenants: TenantPolicy::default(),
+            }),
+            handler: Arc::new(RecordingHandler::new()),
+            store: Arc::new(MemoryConversationStore::new()),
+        })
+    }
+
+    #[test]
+    fn replace_swaps_the_whole_set_and_keeps_snapshots() {
+        let registry = BotRegistry::default();
+        registry
+            .replace([bot("a", "app-a"), bot("b", "app-b")])
+            .expect("two bots");
+        let before = registry.snapshot();
+        let b2 = bot("b", "app-b2");
+        registry.replace([b2.clone()]).expect("one bot");
+
+        // Every lookup sees the new set at once ...
+        assert!(registry.get("a").is_none());
+        assert!(registry.by_app("app-b").is_none());
+        assert!(registry.by_app_id("app-b").is_none());
+        assert!(registry
+            .by_app("app-b2")
+            .is_some_and(|b| Arc::ptr_eq(&b, &b2)));
+        assert_eq!(registry.len(), 1);
+        // ... while a snapshot taken before keeps the set it had.
+        assert_eq!(before.len(), 2);
+        assert!(before.by_app("app-b").is_some());
+    }
+
+    #[test]
+    fn a_set_with_a_duplicate_is_refused_and_the_current_one_kept() {
+        let registry = BotRegistry::default();
+        registry.replace([bot("a", "app-a")]).expect("one bot");
+        let err = registry
+            .replace([bot("a", "app-a"), bot("c", "app-a")])
+            .expect_err("one app id, two bots");
+        assert!(matches!(err, RegistryError::DuplicateAppId { .. }), "{err}");
+        let err = registry
+            .replace([bot("a", "app-a"), bot("a", "app-x")])
+            .expect_err("one id, two bots");
+        assert!(matches!(err, RegistryError::DuplicateId(_)), "{err}");
+        assert_eq!(registry.all().len(), 1);
+        assert!(registry.get("a").is_some());
+    }
+}
