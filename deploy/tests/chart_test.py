@@ -717,12 +717,6 @@ def botfleet_bin() -> str:
     return b
 
 
-def admin_listener_supported(b: str, tmp: Path) -> bool:
-    probe = tmp / "probe.toml"
-    probe.write_text('[server]\nadmin_listen = "127.0.0.1:0"\n')
-    return run([b, "check-config", "--config", str(probe)]).returncode == 0
-
-
 def check_config(b: str, toml_text: str, tmp: Path, label: str) -> None:
     """`botfleet check-config` on a configuration written for a pod, with the
     secret files it names created (random) under tmp and the environment the
@@ -747,66 +741,38 @@ def check_config(b: str, toml_text: str, tmp: Path, label: str) -> None:
     assert p.returncode == 0, f"botfleet check-config refuses the {label} configuration:\n{p.stderr.strip()}"
 
 
-def admin_section_supported(b: str, tmp: Path) -> bool:
-    key = tmp / "probe-admin-key"
-    key.write_text(secrets.token_urlsafe(40))
-    probe = tmp / "probe-admin.toml"
-    probe.write_text(f'[admin]\nbootstrap_key_file = "{key}"\n')
-    return run([b, "check-config", "--config", str(probe)]).returncode == 0
-
-
-def without(toml_text: str, admin_listen: bool, admin_section: bool) -> str:
-    """The configuration less the keys this botfleet build does not know yet."""
-    out, skipping = [], False
-    for line in toml_text.splitlines():
-        if line.startswith("["):
-            skipping = admin_section and line.strip() == "[admin]"
-        if skipping or (admin_listen and line.startswith("admin_listen")):
-            continue
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
 @test
 def botfleet_accepts_every_generated_configuration() -> str:
     b = botfleet_bin()
+    texts = {name: next(o for o in SETS.objs[name] if o["kind"] == "ConfigMap")["data"]["botfleet.toml"]
+             for name in ("default", "production", "minimal", "kustomize-base", "kustomize-production")}
+    texts["compose"] = (REPO / "deploy/compose/botfleet.toml").read_text()
+    texts["image"] = (REPO / "deploy/image/botfleet.toml").read_text()
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        # The admin listener and [admin] are being added to the server; an
-        # older build is still checked on everything else.
-        no_listen = not admin_listener_supported(b, tmp)
-        no_admin = not admin_section_supported(b, tmp)
-        checked = []
-        texts = {name: next(o for o in SETS.objs[name] if o["kind"] == "ConfigMap")["data"]["botfleet.toml"]
-                 for name in ("default", "production", "minimal", "kustomize-base", "kustomize-production")}
-        texts["compose"] = (REPO / "deploy/compose/botfleet.toml").read_text()
-        texts["image"] = (REPO / "deploy/image/botfleet.toml").read_text()
         for name, text in texts.items():
-            check_config(b, without(text, no_listen, no_admin), tmp, name)
-            checked.append(name)
-    missing = [k for k, m in (("[server] admin_listen", no_listen), ("[admin]", no_admin)) if m]
-    note = f" (without {' and '.join(missing)}: not in this botfleet build yet)" if missing else ""
-    return "botfleet check-config passes " + ", ".join(checked) + note
-
-
-# Sections the chart's schema accepts ahead of the botfleet build under test:
-# [admin] (the bootstrap key file) is being added to the server now.
-SECTIONS_AHEAD = {"admin"}
+            check_config(b, text, Path(d), name)
+    return "botfleet check-config passes " + ", ".join(texts)
 
 
 @test
 def schema_knows_every_botfleet_section() -> str:
     b = botfleet_bin()
-    p = run([b, "check-config"], env={k: v for k, v in os.environ.items() if not k.startswith("BOTFLEET")})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTFLEET")}
+    p = run([b, "check-config"], env=env)
     assert p.returncode == 0, f"botfleet check-config on the defaults: {p.stderr}"
-    effective = tomllib.loads(p.stdout.split("# effective configuration", 1)[1].split("\n", 1)[1])
-    schema = set(json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]["properties"])
-    missing = sorted(set(effective) - schema)
+    effective = set(tomllib.loads(p.stdout.split("# effective configuration", 1)[1].split("\n", 1)[1]))
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]["properties"]
+    missing = sorted(effective - set(schema))
     assert not missing, f"values.schema.json refuses botfleet sections {missing}: add them to config's properties"
-    extra = sorted(schema - set(effective) - SECTIONS_AHEAD)
-    assert not extra, f"values.schema.json accepts sections botfleet does not have: {extra}"
-    ahead = sorted((schema - set(effective)) & SECTIONS_AHEAD)
-    return f"config sections {sorted(schema)}" + (f" ({', '.join(ahead)} ahead of this build)" if ahead else "")
+    # Empty lists (clouds, bots) are left out of the effective configuration:
+    # ask botfleet whether it accepts each remaining section, empty.
+    with tempfile.TemporaryDirectory() as d:
+        for section in sorted(set(schema) - effective):
+            probe = Path(d) / f"{section}.toml"
+            probe.write_text(f"{section} = []\n" if schema[section]["type"] == "array" else f"[{section}]\n")
+            q = run([b, "check-config", "--config", str(probe)], env=env)
+            assert q.returncode == 0, f"values.schema.json accepts config.{section}, botfleet does not: {q.stderr.strip()}"
+    return f"config sections {sorted(schema)}: each one botfleet has, and no other"
 
 
 def free_port() -> int:
@@ -825,14 +791,13 @@ def alert_rules_use_metrics_botfleet_exposes() -> str:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         public, admin = free_port(), free_port()
-        admin_ok = admin_listener_supported(b, tmp)
         cfg = tmp / "metrics.toml"
-        cfg.write_text(f'[server]\nlisten = "127.0.0.1:{public}"\n' + (f'admin_listen = "127.0.0.1:{admin}"\n' if admin_ok else ""))
+        cfg.write_text(f'[server]\nlisten = "127.0.0.1:{public}"\nadmin_listen = "127.0.0.1:{admin}"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOTFLEET")}
         proc = subprocess.Popen([b, "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True, env=env)
         try:
-            port = admin if admin_ok else public
+            port = admin
             deadline = time.time() + 30
             text = ""
             while time.time() < deadline:
