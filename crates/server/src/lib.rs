@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod ingress_http;
+pub mod notify;
 pub mod problem;
 pub mod registry;
 pub mod settings;
@@ -82,6 +83,8 @@ pub struct AppState {
     /// one registration cannot take the replica out of rotation).
     config_key_urls: HashSet<String>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
+    /// Delivers notification jobs (kept so its tasks live as long as the server).
+    pub notifier: Arc<botfleet_runtime::notify::Notifier>,
 }
 
 impl AppState {
@@ -220,7 +223,9 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         token_http: outbound.token_http.clone(),
         webhook_http,
         retry: settings.outbound.retry_policy(),
+        notify_clients: notify::NotifyClients::default(),
     };
+    let notify_clients = factory.notify_clients.clone();
     let mut config_bots = Vec::new();
     let mut clouds: Vec<Arc<Cloud>> = Vec::new();
     for p in &prepared {
@@ -283,20 +288,27 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         tracing::warn!("no bots: every activity will be refused (add [[bots]] to the configuration, or register bots through the admin API)");
     }
 
-    let admin = Arc::new(
-        AdminState::new(
-            admin_stores.clone(),
-            settings.bots.clone(),
-            Arc::new(outbound.tokens.clone()),
-            AdminConfig {
-                bootstrap_key: settings.admin.bootstrap_key.clone(),
-                audit_retention: settings.admin.audit_retention,
-                clouds: settings.clouds.clone(),
-                ..AdminConfig::default()
-            },
-        )
-        .map_err(|e| StartError::Admin(e.to_string()))?,
+    let admin = AdminState::new(
+        admin_stores.clone(),
+        settings.bots.clone(),
+        Arc::new(outbound.tokens.clone()),
+        AdminConfig {
+            bootstrap_key: settings.admin.bootstrap_key.clone(),
+            audit_retention: settings.admin.audit_retention,
+            clouds: settings.clouds.clone(),
+            ..AdminConfig::default()
+        },
+    )
+    .map_err(|e| StartError::Admin(e.to_string()))?;
+    let (admin, notifier) = notify::start(
+        admin,
+        &settings,
+        redis.as_ref(),
+        registry.clone(),
+        notify_clients,
+        runtime.counters().clone(),
     );
+    let admin = Arc::new(admin);
     admin.spawn_audit_retention(Duration::from_secs(3600));
     if settings.admin.bootstrap_key.is_none() {
         match admin_stores.keys.list().await {
@@ -316,6 +328,7 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         registry: follower,
         config_key_urls,
         rejections: Mutex::new(BTreeMap::new()),
+        notifier,
     })
 }
 

@@ -66,6 +66,9 @@ pub struct BotFactory {
     /// For webhooks: never follows redirects.
     pub(crate) webhook_http: reqwest::Client,
     pub(crate) retry: RetryPolicy,
+    /// Each bot's client for notifications (its rate-limit wait is short: a
+    /// full tenant is rescheduled by the notifier, not waited for), by bot id.
+    pub(crate) notify_clients: crate::notify::NotifyClients,
 }
 
 impl BotFactory {
@@ -95,11 +98,12 @@ impl BotFactory {
         let token_key = provider.as_ref().map(|p| p.key().clone());
         let replier = provider.map(|provider| {
             let handle = self.tokens.register(provider);
-            let client = self.connector.bot(
+            let settings =
                 ConnectorBotSettings::new(&b.app_id, Arc::new(handle), trust.service_urls.clone())
-                    .with_ambiguous(b.ambiguous_send)
-                    .with_retry(self.retry.clone()),
-            );
+                    .with_ambiguous(b.ambiguous_send);
+            self.notify_clients
+                .insert(&b.id, &self.connector, settings.clone(), &self.retry);
+            let client = self.connector.bot(settings.with_retry(self.retry.clone()));
             Replier {
                 bot_id: id.clone(),
                 client,

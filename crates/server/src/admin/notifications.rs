@@ -533,6 +533,14 @@ pub async fn create_notification(
         let key = idempotency_key(&req)?;
         find(&state, &bot).await?;
         let raw = read_body(&req, payload).await?;
+        for (field, what) in [
+            ("targets", "who to notify: one of `conversations`, `tenant`, `all`, `channel`, `users`"),
+            ("activity", "the Bot Framework activity to send, e.g. {\"type\": \"message\", \"text\": \"...\"}"),
+        ] {
+            if raw.is_object() && raw.get(field).is_none() {
+                return Err(AdminError::field(field, format!("required: {what}")));
+            }
+        }
         let hash = body_hash(&raw);
         let body: NotificationRequest = from_value(raw)?;
         let targets = selection(body.targets)?;
