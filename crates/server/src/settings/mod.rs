@@ -944,6 +944,60 @@ mod tests {
     }
 
     #[test]
+    fn admin_listener_and_admin_section() {
+        let c = load_with(None, &Environment::default()).expect("defaults load");
+        assert_eq!(c.settings.server.admin_listen, "127.0.0.1:9090");
+        assert!(!c.settings.server.admin_on_public);
+        assert_eq!(c.settings.admin.registry_poll, Duration::from_secs(5));
+        assert_eq!(
+            c.settings.admin.audit_retention,
+            Duration::from_secs(90 * 24 * 3600)
+        );
+
+        let e = only_error(load_text("[server]\nadmin_listen = \"9090\"\n", &[]));
+        assert_eq!(e.key, "server.admin_listen");
+        let e = only_error(load_text(
+            "[server]\nlisten = \"0.0.0.0:3978\"\nadmin_listen = \"0.0.0.0:3978\"\n",
+            &[],
+        ));
+        assert!(e.problem.contains("admin_on_public"), "{e}");
+        // Two port-0 listeners are two free ports.
+        load_text(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+            &[],
+        )
+        .expect("loads");
+
+        let e = only_error(load_text("[admin]\nregistry_poll = \"10ms\"\n", &[]));
+        assert_eq!(e.key, "admin.registry_poll");
+        let e = only_error(load_text("[admin]\naudit_retention = \"10m\"\n", &[]));
+        assert_eq!(e.key, "admin.audit_retention");
+
+        let e = only_error(load_text(
+            "[admin]\nbootstrap_key_env = \"ADMIN_KEY\"\n",
+            &[("ADMIN_KEY", "too-short")],
+        ));
+        assert_eq!(e.key, "admin.bootstrap_key");
+        assert!(!e.to_string().contains("too-short"), "{e}");
+        let key = "k".repeat(32);
+        let c = load_text(
+            "[server]\nadmin_on_public = true\n[admin]\nbootstrap_key_env = \"ADMIN_KEY\"\n",
+            &[("ADMIN_KEY", key.as_str())],
+        )
+        .expect("loads");
+        assert!(
+            c.notices.iter().any(|n| n.contains("admin_on_public")),
+            "{:?}",
+            c.notices
+        );
+        let shown = c.effective_toml();
+        assert!(
+            !shown.contains(&key) && shown.contains("bootstrap_key = \"[redacted]\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn redis_passwords_are_redacted() {
         let c = load_text(
             "[store]\nbackend = \"redis\"\nredis_urls = [\"redis://user:hunter2@r:6379\"]\n",
