@@ -318,7 +318,10 @@ fn the_example_configuration_passes_check_config() {
             "HELPDESK_WEBHOOK_SECRET",
             "example-webhook-secret-0123456789",
         ),
-        ("BOTFLEET_ADMIN_KEY", "example-admin-key-0123456789abcdef0123"),
+        (
+            "BOTFLEET_ADMIN_KEY",
+            "example-admin-key-0123456789abcdef0123",
+        ),
     ];
     let ok = run(botfleet(&["check-config", "--config", example], &secrets));
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
