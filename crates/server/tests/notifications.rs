@@ -558,3 +558,150 @@ async fn bad_requests_are_refused_naming_the_field() {
     .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
+
+/// `botfleet <args>` against `bf`'s admin API: (exit code, stdout, stderr).
+fn cli(bf: &Botfleet, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(workspace_bin("botfleet"))
+        .args(args)
+        .args(["--url", bf.admin_url()])
+        .env("BOTFLEET_KEY", BOOT)
+        .env_remove("BOTFLEET_URL")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        !stdout.contains(BOOT) && !stderr.contains(BOOT),
+        "the key was printed"
+    );
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+#[actix_web::test]
+async fn the_cli_sends_follows_and_reports_failures_by_reason() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("notify-cli");
+    let bf = start(&sim.url, &prefix, true);
+    let convs = conversations("cli", T3, 5);
+    seed(&sim.url, &bf, &convs).await;
+
+    // Follows the job to its end; everything delivered: exit 0.
+    let (code, out, err) = cli(
+        &bf,
+        &[
+            "notify",
+            "--bot",
+            "bot",
+            "--tenant",
+            T3,
+            "--text",
+            "from the cli",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("completed") && out.contains("delivered"),
+        "{out}"
+    );
+    assert_eq!(
+        sends_by_conversation(&sim.url, "from the cli").await.len(),
+        5
+    );
+
+    // A card file that is not JSON is refused before anything is sent.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "{not json").unwrap();
+    let (code, _, err) = cli(
+        &bf,
+        &[
+            "notify",
+            "--bot",
+            "bot",
+            "--all",
+            "--card",
+            bad.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not JSON"), "{err}");
+    let (code, _, err) = cli(
+        &bf,
+        &[
+            "notify",
+            "--bot",
+            "bot",
+            "--user",
+            "no-tenant",
+            "--text",
+            "x",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+
+    // Some targets fail: exit 5, failures printed by reason.
+    set_faults(
+        &sim.url,
+        json!({"conversations": [
+            {"conversationId": "a:cli-2", "status": 403, "code": "ConversationBlockedByUser"},
+        ]}),
+    )
+    .await;
+    let (code, out, err) = cli(
+        &bf,
+        &[
+            "notify",
+            "--bot",
+            "bot",
+            "--conversation",
+            "a:cli-1",
+            "--conversation",
+            "a:cli-2",
+            "--conversation",
+            "a:nobody",
+            "--text",
+            "partly",
+        ],
+    );
+    assert_eq!(code, 5, "{out}\n{err}");
+    assert!(out.contains("conversation_blocked_by_user (1):"), "{out}");
+    assert!(out.contains("c:a:cli-2"), "{out}");
+    assert!(out.contains("reference_missing (1):"), "{out}");
+    assert!(err.contains("2 target(s) failed"), "{err}");
+
+    // --detach --json returns the job at once; show --failed and cancel work on it.
+    let (code, out, err) = cli(
+        &bf,
+        &[
+            "notify",
+            "--bot",
+            "bot",
+            "--conversation",
+            "a:nobody",
+            "--text",
+            "detached",
+            "--detach",
+            "--json",
+            "--idempotency-key",
+            "cli-detach",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    let id = job["id"].as_str().unwrap();
+    wait_final(&bf, id, Duration::from_secs(30)).await;
+    let (code, out, _) = cli(&bf, &["notifications", "show", id, "--failed", "--json"]);
+    assert_eq!(code, 0);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["failed"][0]["error"]["code"], "reference_missing");
+    let (code, out, _) = cli(&bf, &["notifications", "cancel", id, "--json"]);
+    assert_eq!(code, 0);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["state"], "completed",
+        "cancelling a finished job changes nothing"
+    );
+    let (code, _, err) = cli(&bf, &["notifications", "show", "0000"]);
+    assert_eq!(code, 4, "{err}");
+}

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use botfleet_auth::Secret;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH,
+};
 use reqwest::Method;
 use serde_json::Value;
 use url::Url;
@@ -259,6 +261,20 @@ impl AdminClient {
         if_match: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Answer, CliError> {
+        self.send_with(method, segments, query, if_match, body, &[])
+            .await
+    }
+
+    /// [`AdminClient::send`] with extra request headers (`Idempotency-Key`).
+    pub async fn send_with(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        if_match: Option<&str>,
+        body: Option<&Value>,
+        extra: &[(&'static str, String)],
+    ) -> Result<Answer, CliError> {
         let url = self.url(segments, query);
         let mut headers = HeaderMap::new();
         let mut auth =
@@ -279,6 +295,12 @@ impl AdminClient {
             let v = HeaderValue::from_str(tag)
                 .map_err(|_| CliError::Usage(format!("--if-match `{tag}` is not a valid ETag")))?;
             headers.insert(IF_MATCH, v);
+        }
+        for (name, value) in extra {
+            let v = HeaderValue::from_str(value).map_err(|_| {
+                CliError::Usage(format!("{name} `{value}` is not a valid header value"))
+            })?;
+            headers.insert(HeaderName::from_static(name), v);
         }
         let mut request = self
             .http

@@ -25,6 +25,8 @@ pub enum Exit {
     /// 4: the bot or key named does not exist (404 `bot_not_found`,
     /// `key_not_found`).
     NotFound = 4,
+    /// 5: `botfleet notify` finished and some targets failed (listed by reason).
+    TargetsFailed = 5,
 }
 
 /// The `Exit` table as `--help` shows it.
@@ -36,7 +38,8 @@ Exit codes:
   2  usage or configuration error, nothing sent (bad flag, unreadable file, no key, bad URL)
   3  the admin API cannot be reached or failed (connection refused, timeout, 5xx,
      an answer that is not the admin API's)
-  4  not found: the bot or key named does not exist (404)";
+  4  not found: the bot, key or notification named does not exist (404)
+  5  notify: the job finished and some targets failed (printed by reason)";
 
 /// The members of an RFC 7807 problem document the CLI prints, as the admin
 /// API answers them (`{"type", "title", "status", "detail", "check", ...}`;
@@ -73,6 +76,9 @@ pub enum CliError {
     /// A problem answer (4xx or 5xx).
     #[error("{0}")]
     Api(Box<ApiError>),
+    /// A notification job ended with failed targets (the summary names them by reason).
+    #[error("{0}")]
+    TargetsFailed(String),
 }
 
 /// A problem answer of the admin API (boxed in [`CliError`]: it is large).
@@ -138,6 +144,7 @@ impl CliError {
             Self::Api(e) if e.status >= 500 => Exit::Unavailable,
             Self::Api(e) if e.status == 404 => Exit::NotFound,
             Self::Api(_) => Exit::Refused,
+            Self::TargetsFailed(_) => Exit::TargetsFailed,
         }
     }
 

@@ -15,6 +15,7 @@
 mod bots;
 mod client;
 mod error;
+mod notify;
 mod output;
 mod resources;
 
@@ -106,6 +107,24 @@ pub enum AdminCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Send a proactive notification and follow it to its end: a progress
+    /// bar (delivered, failed, retrying, rate, ETA), then the failures by
+    /// reason (exit 5 when targets failed). --detach returns at once.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Notify {
+        #[command(flatten)]
+        args: Box<notify::NotifyArgs>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Notification jobs: show (state, counts, failures), cancel.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Notifications {
+        #[command(subcommand)]
+        command: notify::NotificationsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Outbound (Bot Connector) token status per bot, as the answering
     /// replica sees it: cached, expiry, last refresh, last failure. Never a
     /// token.
@@ -127,7 +146,9 @@ impl AdminCommand {
             | Self::Conversations { client, .. }
             | Self::Keys { client, .. }
             | Self::Audit { client, .. }
-            | Self::Tokens { client, .. } => client,
+            | Self::Tokens { client, .. }
+            | Self::Notify { client, .. }
+            | Self::Notifications { client, .. } => client,
         }
     }
 }
@@ -185,5 +206,9 @@ async fn dispatch(command: AdminCommand) -> Result<Output, CliError> {
         AdminCommand::Keys { command, .. } => resources::keys(&client, command, json).await,
         AdminCommand::Audit { page, .. } => resources::audit(&client, page, json).await,
         AdminCommand::Tokens { bot, .. } => resources::tokens(&client, bot, json).await,
+        AdminCommand::Notify { args, .. } => notify::notify(&client, *args, json).await,
+        AdminCommand::Notifications { command, .. } => {
+            notify::notifications(&client, command, json).await
+        }
     }
 }
