@@ -6,6 +6,7 @@
 //!   activities on both within a second, without a restart; an update
 //!   (record -> echo) applies on both, also in a conversation whose actor
 //!   already ran with the old handler; after a delete both answer 401;
+//!   The same on a Redis Cluster;
 //! - a replica that missed the announcement (a change made without one)
 //!   converges within `admin.registry_poll`;
 //! - a registration one replica cannot build (its certificate file is missing
@@ -33,11 +34,21 @@ const APPLIED_WITHIN: Duration = Duration::from_secs(1);
 /// One replica's configuration: Redis with `prefix`, the sim's cloud, the
 /// bootstrap key from `$BF_ADMIN_KEY`, no `[[bots]]`.
 fn replica_toml(sim: &str, prefix: &str, extra: &str) -> String {
+    replica_toml_on(
+        sim,
+        &format!("redis_urls = [\"{}\"]", testing::single_url()),
+        prefix,
+        extra,
+    )
+}
+
+/// [`replica_toml`] on the Redis that `redis` (keys of `[store]`) names.
+fn replica_toml_on(sim: &str, redis: &str, prefix: &str, extra: &str) -> String {
     format!(
         r#"
 [store]
 backend = "redis"
-redis_urls = ["{redis}"]
+{redis}
 key_prefix = "{prefix}"
 
 [admin]
@@ -45,7 +56,6 @@ bootstrap_key_env = "BF_ADMIN_KEY"
 {extra}
 {cloud}
 "#,
-        redis = testing::single_url(),
         cloud = sim_cloud(sim)
     )
 }
@@ -292,6 +302,49 @@ async fn a_bot_created_on_one_replica_serves_on_both_within_a_second() {
         metric(a.admin_url(), "botfleet_registry_changes_applied_total").await,
         3.0
     );
+}
+
+#[actix_web::test]
+async fn on_redis_cluster_a_bot_is_applied_and_removed_on_both_replicas() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("admin-e2e-cluster");
+    let seeds: Vec<String> = testing::cluster_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let redis = format!("redis_urls = [{}]\nredis_cluster = true", seeds.join(", "));
+    let toml = replica_toml_on(&sim.url, &redis, &prefix, "");
+    let a = start_botfleet_with(&toml, &[("BF_ADMIN_KEY", KEY)]);
+    let b = start_botfleet_with(&toml, &[("BF_ADMIN_KEY", KEY)]);
+    let conv = "a:admin-e2e-cluster";
+    register(&sim.url, &[(conv, TENANT)]).await;
+    let (status, _, body) = admin(
+        reqwest::Method::POST,
+        format!("{}/admin/v1/bots", b.admin_url()),
+        Some((
+            "application/json",
+            registration("clustered", json!({"kind": "record"})),
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for replica in [&a, &b] {
+        let took = answered_within(&sim.url, replica, conv, 200, APPLIED_WITHIN).await;
+        assert!(took < APPLIED_WITHIN, "{}: {took:?}", replica.url());
+    }
+    let (status, _, body) = admin(
+        reqwest::Method::DELETE,
+        format!("{}/admin/v1/bots/clustered", a.admin_url()),
+        None,
+        Some("*"),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    for replica in [&a, &b] {
+        let took = answered_within(&sim.url, replica, conv, 401, APPLIED_WITHIN).await;
+        assert!(took < APPLIED_WITHIN, "{}: {took:?}", replica.url());
+    }
 }
 
 /// `redis-cli` against the test Redis.
