@@ -79,13 +79,14 @@ fn main() -> ExitCode {
             Ok(c) => {
                 let s = &c.settings;
                 println!(
-                    "configuration is valid: {} bot(s), store {}, listen {}",
+                    "configuration is valid: {} bot(s), store {}, listen {}, admin {}",
                     s.bots.len(),
                     match s.store.backend {
                         botfleet_server::settings::StoreBackend::Memory => "memory",
                         botfleet_server::settings::StoreBackend::Redis => "redis",
                     },
-                    s.server.listen
+                    s.server.listen,
+                    s.server.admin_listen
                 );
                 for notice in &c.notices {
                     println!("note: {notice}");
