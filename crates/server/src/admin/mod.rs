@@ -30,8 +30,8 @@
 //! ```
 //!
 //! Applying registry changes to the running bots (on every replica) is not
-//! this module's job: it writes the registry; the runtime follows
-//! `BotRegistryStore::subscribe` / `revision`.
+//! this module's job: it writes the registry; [`crate::registry`] follows
+//! `BotRegistryStore::subscribe` / `revision` on every replica.
 
 pub mod audit;
 pub mod auth;
