@@ -744,6 +744,122 @@ async fn concurrent_workers(store: Arc<dyn JobStore>, n: usize) {
     assert_eq!(listed.len(), n);
 }
 
+/// The index of active jobs lists non-final jobs of every bot, oldest first,
+/// page by page; the expansion claim admits one expander per job at a time.
+async fn active_jobs_and_expansion_claim(store: Arc<dyn JobStore>) {
+    let mut ids = Vec::new();
+    for (i, bot) in ["b1", "b2", "b1", "b3"].iter().enumerate() {
+        let at = 1_000 * (i as u64 + 1);
+        let job = store
+            .create_job(spec(bot, None, "h"), at)
+            .await
+            .expect("create");
+        ids.push(job.job().id.clone());
+    }
+    let listed = |page: &botfleet_store::jobs::JobPage| {
+        page.items.iter().map(|j| j.id.clone()).collect::<Vec<_>>()
+    };
+    let first = store.active_jobs(None, 3, 10_000).await.expect("active");
+    assert_eq!(listed(&first), ids[..3], "oldest first, across bots");
+    let rest = store
+        .active_jobs(first.next_cursor.as_deref(), 3, 10_000)
+        .await
+        .expect("next page");
+    assert_eq!(listed(&rest), ids[3..]);
+    assert!(rest.next_cursor.is_none());
+    assert!(matches!(
+        store.active_jobs(Some("nope"), 3, 10_000).await,
+        Err(JobStoreError::InvalidCursor)
+    ));
+
+    // Final jobs leave the listing: cancelled, completed (nothing to send), failed.
+    store.cancel(&ids[1], 5_000).await.expect("cancel");
+    store
+        .set_expansion(
+            &ids[0],
+            &Expansion {
+                cursor: None,
+                complete: true,
+            },
+            5_000,
+        )
+        .await
+        .expect("complete");
+    store
+        .set_state(&ids[3], JobState::Failed, Some("bot gone"), 5_000)
+        .await
+        .expect("fail");
+    let page = store.active_jobs(None, 10, 10_000).await.expect("active");
+    assert_eq!(listed(&page), [ids[2].clone()]);
+
+    // One expander at a time; renewals by the holder; takeover after the lease.
+    let job = &ids[2];
+    let lease = Duration::from_secs(10);
+    assert!(store
+        .claim_expansion(job, "w1", lease, 20_000)
+        .await
+        .expect("claim"));
+    assert!(!store
+        .claim_expansion(job, "w2", lease, 21_000)
+        .await
+        .expect("held"));
+    assert!(store
+        .claim_expansion(job, "w1", lease, 25_000)
+        .await
+        .expect("renew"));
+    assert!(
+        !store
+            .claim_expansion(job, "w2", lease, 34_999)
+            .await
+            .expect("held until 35 000"),
+        "the renewal extended the lease"
+    );
+    assert!(store
+        .claim_expansion(job, "w2", lease, 35_001)
+        .await
+        .expect("expired"));
+    assert!(!store
+        .claim_expansion(job, "w1", lease, 35_002)
+        .await
+        .expect("lost"));
+    // Jobs that need no expansion are never claimed.
+    assert!(!store
+        .claim_expansion(&ids[0], "w1", lease, 40_000)
+        .await
+        .expect("completed"));
+    assert!(!store
+        .claim_expansion(&ids[1], "w1", lease, 40_000)
+        .await
+        .expect("cancelled"));
+    assert!(matches!(
+        store
+            .claim_expansion("0123456789abcdef0123456789abcdef", "w1", lease, 1)
+            .await,
+        Err(JobStoreError::NotFound(_))
+    ));
+
+    // Racing claimants of an unclaimed job: exactly one wins.
+    let fresh = store
+        .create_job(spec("b4", None, "h"), 50_000)
+        .await
+        .expect("create")
+        .job()
+        .id
+        .clone();
+    let claims = futures::future::join_all((0..8).map(|i| {
+        let store = store.clone();
+        let fresh = fresh.clone();
+        async move {
+            store
+                .claim_expansion(&fresh, &format!("c{i}"), lease, 50_000)
+                .await
+                .expect("claim")
+        }
+    }))
+    .await;
+    assert_eq!(claims.iter().filter(|c| **c).count(), 1, "{claims:?}");
+}
+
 fn opts() -> JobStoreOptions {
     JobStoreOptions {
         max_deliveries: 2,
@@ -799,6 +915,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn pagination_and_cancel() {
                 super::pagination_and_cancel(&$make("page")).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn active_jobs_and_expansion_claim() {
+                super::active_jobs_and_expansion_claim(Arc::new($make("active"))).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_workers() {

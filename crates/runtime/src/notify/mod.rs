@@ -121,12 +121,12 @@ pub struct NotifierConfig {
     /// A `Sending` marker older than this is taken over (its sender died). Must
     /// exceed the longest connector call (retries included).
     pub lease: Duration,
-    /// How often unacknowledged items of dead consumers are looked for.
-    pub reclaim_every: Duration,
     /// An item unacknowledged this long at another consumer is taken over.
     pub reclaim_idle: Duration,
-    /// How often registered bots' jobs are checked for a stalled expansion.
-    pub sweep_every: Duration,
+    /// How long an expander's claim on a job lasts without renewal (it renews
+    /// before every page): after a replica dies, its jobs' expansion is
+    /// adopted within about this plus [`NotifierConfig::sweep_every`] of it.
+    pub expansion_lease: Duration,
     /// Targets added per expansion step.
     pub expand_page: usize,
     /// Expansion waits while this many targets of the job are not final.
@@ -152,9 +152,8 @@ impl Default for NotifierConfig {
             take_batch: 200,
             block: Duration::from_secs(1),
             lease: Duration::from_secs(180),
-            reclaim_every: Duration::from_secs(15),
             reclaim_idle: Duration::from_secs(60),
-            sweep_every: Duration::from_secs(10),
+            expansion_lease: Duration::from_secs(30),
             expand_page: 500,
             expand_ahead: 2000,
             max_attempts: 8,
@@ -167,6 +166,18 @@ impl Default for NotifierConfig {
 }
 
 impl NotifierConfig {
+    /// How often unacknowledged items of dead consumers are looked for: a
+    /// quarter of [`NotifierConfig::reclaim_idle`], between 100 ms and 15 s.
+    pub fn reclaim_every(&self) -> Duration {
+        (self.reclaim_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(15))
+    }
+
+    /// How often the active jobs are checked for an expansion nobody holds: a
+    /// third of [`NotifierConfig::expansion_lease`], between 100 ms and 10 s.
+    pub fn sweep_every(&self) -> Duration {
+        (self.expansion_lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
     /// Exponential backoff with jitter (50-100 % of the step) before attempt
     /// `attempt + 1`.
     pub fn backoff(&self, attempt: u32) -> Duration {
@@ -307,10 +318,26 @@ fn spawn_expander(ctx: Arc<Ctx>, job_id: String) {
     });
 }
 
-/// Expands one job until its selection is complete or the job is final.
+/// Expands one job until its selection is complete, the job is final, or
+/// another consumer holds its expansion claim (renewed before every step, so
+/// a live expander keeps it and a dead one's ends with its lease).
 async fn expand(ctx: &Ctx, job_id: &str) {
     let mut failures = 0u32;
     loop {
+        match ctx
+            .jobs
+            .claim_expansion(job_id, &ctx.consumer, ctx.config.expansion_lease, now_ms())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) | Err(JobStoreError::NotFound(_)) => return,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(job = %job_id, error = %e, "notification job: cannot renew the expansion claim; retrying");
+                tokio::time::sleep(ctx.config.backoff(failures.min(6))).await;
+                continue;
+            }
+        }
         match expand_step(ctx, job_id).await {
             Ok(Step::Again) => failures = 0,
             Ok(Step::Wait) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -454,38 +481,52 @@ async fn next_page(
     }))
 }
 
-/// Adopts jobs of registered bots whose expansion has not moved since the
-/// previous sweep (their expander's replica died), and queued jobs nobody started.
+/// Adopts active jobs (the store's index, across bots) of bots this replica
+/// serves whose expansion nobody holds: queued jobs nobody started, and jobs
+/// whose expander's replica died (its claim ran out). The claim is taken
+/// here, so of several sweeping replicas exactly one adopts a job.
 async fn sweep_loop(ctx: Arc<Ctx>) {
-    let mut last: HashMap<String, Option<String>> = HashMap::new();
-    let mut tick = tokio::time::interval(ctx.config.sweep_every.max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(ctx.config.sweep_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut seen = HashMap::new();
-        for bot in ctx.bots.bot_ids() {
-            let page = match ctx.jobs.list_jobs(&bot, None, 200).await {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match ctx.jobs.active_jobs(cursor.as_deref(), 200, now_ms()).await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::debug!(error = %e, "notifier sweep: cannot list jobs; next sweep retries");
-                    continue;
+                    tracing::debug!(error = %e, "notifier sweep: cannot list active jobs; next sweep retries");
+                    break;
                 }
             };
             for job in page.items {
-                if job.state.is_final() || job.expansion.complete {
+                if job.expansion.complete || ctx.expanding.lock().contains(&job.id) {
                     continue;
                 }
-                let stalled = last
-                    .get(&job.id)
-                    .is_some_and(|cursor| *cursor == job.expansion.cursor);
-                if stalled && !ctx.expanding.lock().contains(&job.id) {
-                    tracing::info!(job = %job.id, "notifier: adopting a job whose expansion stopped");
-                    spawn_expander(ctx.clone(), job.id.clone());
+                // A bot this replica does not serve (yet): another replica's job.
+                if ctx.bots.bot(&job.spec.bot_id).is_none() {
+                    continue;
                 }
-                seen.insert(job.id, job.expansion.cursor);
+                match ctx
+                    .jobs
+                    .claim_expansion(&job.id, &ctx.consumer, ctx.config.expansion_lease, now_ms())
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(job = %job.id, "notifier: adopting a job nobody is expanding");
+                        spawn_expander(ctx.clone(), job.id.clone());
+                    }
+                    Ok(false) | Err(JobStoreError::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::debug!(job = %job.id, error = %e, "notifier sweep: cannot claim a job; next sweep retries");
+                    }
+                }
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
             }
         }
-        last = seen;
     }
 }
 
@@ -600,7 +641,7 @@ async fn take_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
 
 async fn reclaim_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
     let mut job_cache: HashMap<String, Arc<JobInfo>> = HashMap::new();
-    let mut tick = tokio::time::interval(ctx.config.reclaim_every.max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(ctx.config.reclaim_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

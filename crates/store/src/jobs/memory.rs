@@ -21,6 +21,8 @@ struct Job {
     record: JobRecord,
     targets: BTreeMap<String, TargetEntry>,
     by_state: HashMap<DeliveryStateKind, BTreeSet<String>>,
+    /// Who may expand the job, and until when (ms).
+    expansion_claim: Option<(String, u64)>,
 }
 
 #[derive(Debug)]
@@ -38,6 +40,9 @@ struct Inner {
     idempotency: HashMap<(String, String), (String, String)>,
     /// bot -> (created_at_ms, job id), listed newest first.
     bot_jobs: HashMap<String, BTreeSet<(u64, String)>>,
+    /// (created_at_ms, job id) of jobs not known final yet, oldest first;
+    /// final ones are dropped when `active_jobs` meets them.
+    active: BTreeSet<(u64, String)>,
     ready: VecDeque<WorkItem>,
     taken: BTreeMap<u64, Taken>,
     due: BTreeMap<(u64, u64), WorkItem>,
@@ -256,6 +261,71 @@ impl JobStore for MemoryJobStore {
             None
         };
         Ok(JobPage { items, next_cursor })
+    }
+
+    async fn active_jobs(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        _now_ms: u64,
+    ) -> Result<JobPage, JobStoreError> {
+        let after = match decode_cursor(cursor)? {
+            None => None,
+            Some(a) => Some(parse_job_cursor(&a)?),
+        };
+        let size = page_size(limit);
+        let mut inner = self.inner.lock();
+        let mut items = Vec::new();
+        let mut finished = Vec::new();
+        let bound = match &after {
+            Some(a) => std::ops::Bound::Excluded(a.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        for key in inner.active.range((bound, std::ops::Bound::Unbounded)) {
+            match inner.jobs.get(&key.1) {
+                Some(j) if !j.record.state.is_final() => {
+                    items.push(j.record.clone());
+                    if items.len() > size {
+                        break;
+                    }
+                }
+                _ => finished.push(key.clone()),
+            }
+        }
+        for key in finished {
+            inner.active.remove(&key);
+        }
+        let next_cursor = if items.len() > size {
+            items.truncate(size);
+            items
+                .last()
+                .map(|j| encode_cursor(&job_cursor(j.created_at_ms, &j.id)))
+        } else {
+            None
+        };
+        Ok(JobPage { items, next_cursor })
+    }
+
+    async fn claim_expansion(
+        &self,
+        job_id: &str,
+        consumer: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError> {
+        let mut inner = self.inner.lock();
+        let job = inner.job(job_id)?;
+        if job.record.state.is_final() || job.record.expansion.complete {
+            return Ok(false);
+        }
+        if let Some((owner, until)) = &job.expansion_claim {
+            if owner != consumer && *until > now_ms {
+                return Ok(false);
+            }
+        }
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        job.expansion_claim = Some((consumer.to_owned(), now_ms.saturating_add(lease_ms)));
+        Ok(true)
     }
 
     async fn set_state(
@@ -663,12 +733,14 @@ fn insert_job(inner: &mut Inner, id: String, spec: JobSpec, now_ms: u64) -> JobR
         .entry(record.spec.bot_id.clone())
         .or_default()
         .insert((now_ms, id.clone()));
+    inner.active.insert((now_ms, id.clone()));
     inner.jobs.insert(
         id,
         Job {
             record: record.clone(),
             targets: BTreeMap::new(),
             by_state: HashMap::new(),
+            expansion_claim: None,
         },
     );
     record

@@ -9,7 +9,9 @@
 //! # How a notifier uses it
 //! 1. The API calls [`JobStore::create_job`] before answering 202: the job and
 //!    its [`TargetSelection`] are persisted (and the idempotency key mapped).
-//! 2. A job actor expands the selection page by page (conversation ids as given,
+//! 2. One expander at a time per job (it holds [`JobStore::claim_expansion`],
+//!    renewed before every page; sweeps find jobs to adopt through
+//!    [`JobStore::active_jobs`]) expands the selection page by page (conversation ids as given,
 //!    the conversations of a tenant, ...) and for each page calls
 //!    [`JobStore::add_targets`] (records them `Pending`), [`JobStore::enqueue`]
 //!    (one work item each) and then [`JobStore::set_expansion`] with the cursor
@@ -514,6 +516,36 @@ pub trait JobStore: Send + Sync {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<JobPage, JobStoreError>;
+
+    /// Jobs of every bot that are not final, oldest first (by creation time,
+    /// then id), after `cursor`; `limit` clamped to `1..=MAX_PAGE`. Backed by an
+    /// index of active jobs, so a sweep reads what is running, not every bot's
+    /// history. Final jobs are dropped from the index as they are met (a job
+    /// whose record does not exist a minute after the index entry was written
+    /// too: its creation failed).
+    async fn active_jobs(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<JobPage, JobStoreError>;
+
+    /// Takes or renews the right to expand `job_id` until `now_ms + lease`:
+    /// granted (`true`) when no other consumer holds an unexpired claim
+    /// (`consumer`'s own claim is renewed). `false` when another consumer
+    /// holds it, or the job needs no expansion (final, or every target added).
+    /// One expander per job at a time: without it, two replicas adopting the
+    /// same job would both expand it and queue every target twice (harmless
+    /// thanks to [`JobStore::begin_send`], but twice the queue). An expander
+    /// renews before each page and stops when refused; a dead one's claim
+    /// ends with its lease. `NotFound` when there is no job.
+    async fn claim_expansion(
+        &self,
+        job_id: &str,
+        consumer: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError>;
 
     /// Moves a job to `state` (`Running` sets `started_at_ms` once; a final
     /// state sets `finished_at_ms`; `error` is kept for `Failed`). A final job

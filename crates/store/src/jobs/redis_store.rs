@@ -4,21 +4,23 @@
 //! # Key layout (schema `bf1`)
 //!
 //! `<P>` is the configured prefix; `<J>` a job id (32 hex digits); `<B>` a bot
-//! id, percent-escaped so `{`/`}` cannot break its hash tag. Three kinds of
+//! id, percent-escaped so `{`/`}` cannot break its hash tag. Four kinds of
 //! slots: one per job (`{<J>}`: every write to a job is one Lua script over its
-//! keys), one per bot (`{<B>}`: the idempotency map and the job list) and one
+//! keys), one per bot (`{<B>}`: the idempotency map and the job list), one
 //! for the work queue (`{q}`: the stream, the due set and the dead letters, so
-//! moving an item between them is one script).
+//! moving an item between them is one script) and one for the index of active
+//! jobs (`{a}`).
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `<P>bf1:jobs:{<J>}:rec` | HASH | `spec` (JSON), `state`, `created`, `started`, `finished`, `error` (JSON), `exp` (expansion cursor, JSON), `complete` (`0`/`1`) |
+//! | `<P>bf1:jobs:{<J>}:rec` | HASH | `spec` (JSON), `state`, `created`, `started`, `finished`, `error` (JSON), `exp` (expansion cursor, JSON), `complete` (`0`/`1`), `xo` / `xu` (expansion claim: consumer, until ms) |
 //! | `<P>bf1:jobs:{<J>}:counts` | HASH | `total`, `pending`, `sending`, `delivered`, `retrying`, `cancelled`, `f:<reason>` |
 //! | `<P>bf1:jobs:{<J>}:targets` | HASH | target key -> target JSON (written once) |
 //! | `<P>bf1:jobs:{<J>}:st` | HASH | target key -> `{"k":kind,"a":attempts,"u":updated_ms,"s":DeliveryState JSON}` |
 //! | `<P>bf1:jobs:{<J>}:ix:all`, `...:ix:<kind>` | ZSET | target keys (all / by state), score 0: lexicographic pages |
 //! | `<P>bf1:jobs:bot:{<B>}:idem` | HASH | hex SHA-256 of the idempotency key -> `{"j":job id,"h":body hash}` |
 //! | `<P>bf1:jobs:bot:{<B>}:list` | ZSET | job ids scored by creation time (ms) |
+//! | `<P>bf1:jobs:{a}:active` | ZSET | ids of jobs not known final, scored by creation time (ms): what sweeps read |
 //! | `<P>bf1:jobs:{q}:work` | STREAM | one entry per work item: `j` job id, `t` target JSON, `a` attempt; consumer group [`JobStoreOptions::group`] |
 //! | `<P>bf1:jobs:{q}:due` | ZSET | rescheduled items (`<job>\n<attempt>\n<nonce>\n<target JSON>`) scored by due time (ms) |
 //! | `<P>bf1:jobs:{q}:dead` | STREAM | dead-lettered items (same fields), trimmed to about [`JobStoreOptions::dead_letter_max_len`] |
@@ -30,6 +32,10 @@
 //!   new job id, then the job (job slot) only if it does not exist. A crash in
 //!   between leaves a mapping to a job that does not exist yet: the client's
 //!   retry with the same key and body creates it under that id.
+//! - **Active jobs**: the index entry is written (`ZADD NX`) before the job
+//!   record, so a job is never running unindexed; [`JobStore::active_jobs`]
+//!   drops entries of final jobs, and of missing ones a minute old (a creation
+//!   that failed after the index write).
 //! - **Blocking reads** (`XREADGROUP ... BLOCK`) use their own connection with a
 //!   response timeout longer than the block; a timeout or a broken connection
 //!   drops that connection (the next take reconnects) and is never fatal. A
@@ -114,6 +120,21 @@ const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'existing' end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', 'queued', 'created', ARGV[2], 'exp', 'null', 'complete', '0')
 return 'created'
+"#;
+
+/// KEYS: rec. ARGV: consumer, lease ms, now.
+/// Returns 'missing', 'done' (nothing to expand), 'held' or 'granted'.
+const CLAIM_EXPANSION: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+local s = redis.call('HGET', KEYS[1], 'state')
+if s == 'completed' or s == 'cancelled' or s == 'failed' then return 'done' end
+if redis.call('HGET', KEYS[1], 'complete') == '1' then return 'done' end
+local now = tonumber(ARGV[3])
+local owner = redis.call('HGET', KEYS[1], 'xo')
+local untl = tonumber(redis.call('HGET', KEYS[1], 'xu') or '0') or 0
+if owner and owner ~= ARGV[1] and untl > now then return 'held' end
+redis.call('HSET', KEYS[1], 'xo', ARGV[1], 'xu', string.format('%d', now + tonumber(ARGV[2])))
+return 'granted'
 "#;
 
 /// KEYS: rec, counts. Returns {rec flat, counts flat}.
@@ -410,6 +431,7 @@ struct Scripts {
     ack: Script,
     reschedule: Script,
     reclaim: Script,
+    claim_expansion: Script,
 }
 
 impl std::fmt::Debug for RedisJobStore {
@@ -513,6 +535,7 @@ impl RedisJobStore {
                 ack: Script::new(ACK),
                 reschedule: Script::new(RESCHEDULE),
                 reclaim: Script::new(RECLAIM),
+                claim_expansion: Script::new(CLAIM_EXPANSION),
             },
         }
     }
@@ -529,6 +552,10 @@ impl RedisJobStore {
             self.prefix,
             escape(bot_id)
         )
+    }
+
+    fn active_key(&self) -> String {
+        format!("{}{KEY_SCHEMA}:jobs:{{a}}:active", self.prefix)
     }
 
     fn queue_key(&self, what: &str) -> String {
@@ -812,6 +839,16 @@ impl JobStore for RedisJobStore {
             }
             job_id = stored_id;
         }
+        // Indexed before it exists, so no running job is ever missing from
+        // the index (a failed creation's entry is dropped by active_jobs).
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.active_key())
+            .arg("NX")
+            .arg(now_ms)
+            .arg(&job_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         let spec_json = serde_json::to_string(&spec).map_err(unavailable)?;
         let created: String = self
             .scripts
@@ -907,6 +944,104 @@ impl JobStore for RedisJobStore {
             None
         };
         Ok(JobPage { items, next_cursor })
+    }
+
+    async fn active_jobs(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<JobPage, JobStoreError> {
+        /// A missing job this old was never created (see the module comment).
+        const ABANDONED_MS: u64 = 60_000;
+        let after = match decode_cursor(cursor)? {
+            None => None,
+            Some(a) => Some(parse_job_cursor(&a)?),
+        };
+        let size = page_size(limit);
+        let min = after
+            .as_ref()
+            .map_or_else(|| "-inf".to_owned(), |(at, _)| at.to_string());
+        let mut conn = self.conn().await?;
+        // Ties on the creation time are resolved below: fetch enough to skip them.
+        let raw: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.active_key())
+            .arg(min)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(size + 1 + 1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        drop(conn);
+        let mut ids: Vec<(u64, String)> = raw
+            .into_iter()
+            .map(|(id, score)| (score as u64, id))
+            .collect();
+        ids.sort();
+        let mut items = Vec::new();
+        let mut drop_ids = Vec::new();
+        for (at, id) in ids {
+            if let Some(a) = &after {
+                if (at, id.clone()) <= *a {
+                    continue;
+                }
+            }
+            if items.len() > size {
+                break;
+            }
+            match self.get_job(&id).await? {
+                Some(job) if !job.state.is_final() => items.push(job),
+                Some(_) => drop_ids.push(id),
+                None if at.saturating_add(ABANDONED_MS) < now_ms => drop_ids.push(id),
+                None => {}
+            }
+        }
+        if !drop_ids.is_empty() {
+            let mut conn = self.conn().await?;
+            let _: i64 = redis::cmd("ZREM")
+                .arg(self.active_key())
+                .arg(&drop_ids)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        let next_cursor = if items.len() > size {
+            items.truncate(size);
+            items
+                .last()
+                .map(|j| encode_cursor(&job_cursor(j.created_at_ms, &j.id)))
+        } else {
+            None
+        };
+        Ok(JobPage { items, next_cursor })
+    }
+
+    async fn claim_expansion(
+        &self,
+        job_id: &str,
+        consumer: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError> {
+        let mut conn = self.conn().await?;
+        let reply: String = self
+            .scripts
+            .claim_expansion
+            .key(self.job_keys(job_id).rec())
+            .arg(consumer)
+            .arg(ms(lease))
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match reply.as_str() {
+            "missing" => Err(JobStoreError::NotFound(job_id.to_owned())),
+            "granted" => Ok(true),
+            _ => Ok(false),
+        }
     }
 
     async fn set_state(
