@@ -92,7 +92,7 @@ pub(crate) fn start(
         _ => Arc::new(MemoryJobStore::default()),
     };
     let notifier = Arc::new(Notifier::start(
-        NotifierConfig::default(),
+        settings.notify.notifier_config(),
         jobs.clone(),
         Arc::new(LiveBots { registry, clients }),
         consumer_name(),

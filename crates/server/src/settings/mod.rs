@@ -41,6 +41,7 @@ pub struct Settings {
     pub runtime: RuntimeSettings,
     pub outbound: OutboundSettings,
     pub admin: AdminSettings,
+    pub notify: NotifySettings,
     /// Custom clouds (tests, botfleet-sim, sovereign clouds without a preset),
     /// each defined in full.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -180,6 +181,60 @@ impl Default for AdminSettings {
             bootstrap_key: None,
             audit_retention: crate::admin::AdminConfig::default().audit_retention,
             registry_poll: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Proactive notification jobs (docs/notifications.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySettings {
+    /// A target's `sending` marker older than this is taken over by another
+    /// replica (its sender died): the documented duplicate window closes
+    /// after it. Longer than the longest send (`outbound.request_timeout` +
+    /// `outbound.max_retry`).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// A work item a replica took and did not acknowledge for this long is
+    /// taken over by another one (looked for every quarter of it).
+    #[serde(with = "humantime_serde")]
+    pub reclaim_idle: Duration,
+    /// A replica's claim on expanding a job lasts this long unless renewed
+    /// (renewed before every page); a dead replica's jobs are adopted within
+    /// about 1.3 times this.
+    #[serde(with = "humantime_serde")]
+    pub expansion_lease: Duration,
+    /// Sends of one tenant in flight at once per replica (Teams allows 50/s
+    /// per bot per tenant: at ~100 ms a send, 5 reach it).
+    pub max_in_flight_per_tenant: usize,
+    /// Targets a job's selection is expanded by at a time (conversations read
+    /// per store page).
+    pub expansion_page: usize,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        let d = botfleet_runtime::notify::NotifierConfig::default();
+        Self {
+            lease: d.lease,
+            reclaim_idle: d.reclaim_idle,
+            expansion_lease: d.expansion_lease,
+            max_in_flight_per_tenant: d.per_tenant,
+            expansion_page: d.expand_page,
+        }
+    }
+}
+
+impl NotifySettings {
+    /// The notifier's configuration: these keys over its defaults.
+    pub fn notifier_config(&self) -> botfleet_runtime::notify::NotifierConfig {
+        botfleet_runtime::notify::NotifierConfig {
+            lease: self.lease,
+            reclaim_idle: self.reclaim_idle,
+            expansion_lease: self.expansion_lease,
+            per_tenant: self.max_in_flight_per_tenant,
+            expand_page: self.expansion_page,
+            ..Default::default()
         }
     }
 }
@@ -561,6 +616,44 @@ impl Settings {
             fail(
                 "admin.registry_poll",
                 "must be between 100ms and 1h, e.g. \"5s\": a replica that missed a change announcement applies it within this time".into(),
+            );
+        }
+        let n = &self.notify;
+        let longest_send = self.outbound.request_timeout + self.outbound.max_retry;
+        if n.lease <= longest_send || n.lease > Duration::from_secs(24 * 3600) {
+            fail(
+                "notify.lease",
+                format!(
+                    "must be longer than the longest send (outbound.request_timeout + outbound.max_retry = {}) and at most 24h, e.g. \"180s\": a shorter lease lets another replica resend a target whose send is still under way",
+                    humantime::format_duration(longest_send)
+                ),
+            );
+        }
+        for (key, d) in [
+            ("notify.reclaim_idle", n.reclaim_idle),
+            ("notify.expansion_lease", n.expansion_lease),
+        ] {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                fail(
+                    key,
+                    "must be between 1s and 1h, e.g. \"60s\": work a dead replica left waits this long".into(),
+                );
+            }
+        }
+        if !(1..=64).contains(&n.max_in_flight_per_tenant) {
+            fail(
+                "notify.max_in_flight_per_tenant",
+                "must be between 1 and 64, e.g. 8 (Teams allows 50 sends/s per bot per tenant)"
+                    .into(),
+            );
+        }
+        if !(1..=botfleet_store::conversations::MAX_PAGE).contains(&n.expansion_page) {
+            fail(
+                "notify.expansion_page",
+                format!(
+                    "must be between 1 and {}, e.g. 500",
+                    botfleet_store::conversations::MAX_PAGE
+                ),
             );
         }
         if s.body_limit_bytes < 1024 {
@@ -995,6 +1088,52 @@ mod tests {
             !shown.contains(&key) && shown.contains("bootstrap_key = \"[redacted]\""),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn notify_section() {
+        let c = load_with(None, &Environment::default()).expect("defaults load");
+        let n = c.settings.notify.notifier_config();
+        assert_eq!(n.lease, Duration::from_secs(180));
+        assert_eq!(n.per_tenant, 8);
+        let c = load_text(
+            "[outbound]\nrequest_timeout = \"2s\"\nmax_retry = \"2s\"\n[notify]\nlease = \"5s\"\nreclaim_idle = \"2s\"\nexpansion_lease = \"3s\"\nmax_in_flight_per_tenant = 4\nexpansion_page = 250\n",
+            &[],
+        )
+        .expect("loads");
+        let n = c.settings.notify.notifier_config();
+        assert_eq!(
+            (
+                n.lease,
+                n.reclaim_idle,
+                n.expansion_lease,
+                n.per_tenant,
+                n.expand_page
+            ),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(2),
+                Duration::from_secs(3),
+                4,
+                250
+            )
+        );
+        // A lease shorter than a send could last would let a live send be resent.
+        let e = only_error(load_text("[notify]\nlease = \"60s\"\n", &[]));
+        assert_eq!(e.key, "notify.lease");
+        assert!(e.problem.contains("outbound.max_retry"), "{e}");
+        for (text, key) in [
+            ("reclaim_idle = \"10ms\"", "notify.reclaim_idle"),
+            ("expansion_lease = \"2h\"", "notify.expansion_lease"),
+            (
+                "max_in_flight_per_tenant = 0",
+                "notify.max_in_flight_per_tenant",
+            ),
+            ("expansion_page = 5000", "notify.expansion_page"),
+        ] {
+            let e = only_error(load_text(&format!("[notify]\n{text}\n"), &[]));
+            assert_eq!(e.key, key, "{text}");
+        }
     }
 
     #[test]
