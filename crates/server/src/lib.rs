@@ -296,6 +296,7 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
             bootstrap_key: settings.admin.bootstrap_key.clone(),
             audit_retention: settings.admin.audit_retention,
             clouds: settings.clouds.clone(),
+            credential_dirs: settings.admin.credential_dirs.clone(),
             ..AdminConfig::default()
         },
     )

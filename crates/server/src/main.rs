@@ -35,8 +35,9 @@ enum Command {
     /// Load and check the configuration exactly as `serve` does (every key,
     /// every file a key names, no network), then print the effective
     /// configuration with secrets redacted. Exit 0 when `serve` would accept it,
-    /// 2 with every problem (key path, file and line or environment variable)
-    /// otherwise.
+    /// 2 otherwise, naming each problem by key path and file and line or
+    /// environment variable: the first key of a wrong type or name, else every
+    /// invalid value at once.
     CheckConfig {
         /// TOML configuration file (see docs/configuration.md).
         #[arg(long, short, env = "BOTFLEET_CONFIG")]

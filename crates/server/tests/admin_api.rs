@@ -685,6 +685,189 @@ async fn invalid_registrations_name_the_field() {
     );
 }
 
+/// A PKCS#8 PEM RSA key, as a certificate credential's `private_key_file` holds.
+fn rsa_key_pem() -> String {
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+}
+
+fn certificate_registration(id: &str, app_id: &str, key_file: &str) -> Value {
+    json!({
+        "id": id,
+        "app_id": app_id,
+        "handler": {"kind": "echo"},
+        "credential": {
+            "kind": "certificate",
+            "private_key_file": key_file,
+            "thumbprint": "00112233445566778899aabbccddeeff00112233",
+        },
+    })
+}
+
+#[actix_web::test]
+async fn a_registration_cannot_probe_the_hosts_files() {
+    // Layout: allowed/ (admin.credential_dirs) and outside/, each with a key.
+    let root = tempfile::tempdir().unwrap();
+    let allowed = root.path().join("allowed");
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(allowed.join("a-directory")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let pem = rsa_key_pem();
+    std::fs::write(allowed.join("bot.key.pem"), &pem).unwrap();
+    std::fs::write(outside.join("bot.key.pem"), &pem).unwrap();
+    std::os::unix::fs::symlink(outside.join("bot.key.pem"), allowed.join("link.pem")).unwrap();
+    let unreadable = allowed.join("unreadable.pem");
+    std::fs::write(&unreadable, &pem).unwrap();
+    std::fs::set_permissions(
+        &unreadable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
+    // Root reads a mode-000 file anyway: then only the other unreadable cases count.
+    let unreadable_for_us = std::fs::read(&unreadable).is_err();
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+
+    // Default: no directory allowed, so no file-based credential, and the
+    // answer says which setting allows them, without looking at the path.
+    let closed = start().await;
+    let operator = closed.key(json!({"role": "operator"})).await;
+    let r = closed
+        .call(
+            Method::POST,
+            "/bots",
+            Some(&operator),
+            Some(certificate_registration(
+                "c1",
+                APP_A,
+                &p(&allowed.join("bot.key.pem")),
+            )),
+        )
+        .await;
+    r.expect(400, "invalid_field");
+    assert_eq!(r.body["field"], "credential.private_key_file", "{}", r.text);
+    assert!(r.text.contains("admin.credential_dirs"), "{}", r.text);
+
+    let a = start_with(Options {
+        config: AdminConfig {
+            bootstrap_key: Some(Secret::new(BOOTSTRAP)),
+            credential_dirs: vec![allowed.clone()],
+            ..AdminConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let operator = a.key(json!({"role": "operator"})).await;
+    let mut refused = vec![
+        p(&allowed.join("nonexistent.pem")),
+        p(&outside.join("bot.key.pem")),
+        format!("{}/../outside/bot.key.pem", p(&allowed)),
+        p(&allowed.join("link.pem")),
+        p(&allowed.join("a-directory")),
+        p(&allowed),
+        "/proc/self/environ".into(),
+        "/nonexistent/x".into(),
+        "/root".into(),
+    ];
+    if unreadable_for_us {
+        refused.push(p(&unreadable));
+    }
+    let mut answers = Vec::new();
+    for path in &refused {
+        let r = a
+            .call(
+                Method::POST,
+                "/bots",
+                Some(&operator),
+                Some(certificate_registration("c1", APP_A, path)),
+            )
+            .await;
+        r.expect(400, "invalid_field");
+        assert_eq!(r.body["field"], "credential.private_key_file", "{}", r.text);
+        assert!(
+            !r.text.contains("os error") && !r.text.contains("RSA"),
+            "{path}: {}",
+            r.text
+        );
+        // One answer whatever the path: only the caller's own text differs.
+        answers.push(
+            r.body["detail"]
+                .as_str()
+                .unwrap()
+                .replace(&format!("`{path}`"), "`PATH`"),
+        );
+    }
+    assert!(answers.iter().all(|d| *d == answers[0]), "{answers:#?}");
+    assert!(answers[0].contains(&p(&allowed)), "{}", answers[0]);
+    // The server log, not the caller, says why.
+    let logs = log_text();
+    assert!(
+        logs.contains("credential file refused") && logs.contains("No such file"),
+        "{logs}"
+    );
+
+    // The certificate and the workload identity token file are held to it too.
+    let mut r = certificate_registration("c1", APP_A, &p(&allowed.join("bot.key.pem")));
+    r["credential"] = json!({
+        "kind": "certificate",
+        "private_key_file": p(&allowed.join("bot.key.pem")),
+        "certificate_file": p(&outside.join("bot.key.pem")),
+    });
+    let r = a
+        .call(Method::POST, "/bots", Some(&operator), Some(r))
+        .await;
+    r.expect(400, "invalid_field");
+    assert_eq!(r.body["field"], "credential.certificate_file", "{}", r.text);
+    let mut r = certificate_registration("c1", APP_A, "");
+    r["credential"] =
+        json!({"kind": "workload-identity", "token_file": p(&outside.join("bot.key.pem"))});
+    let r = a
+        .call(Method::POST, "/bots", Some(&operator), Some(r))
+        .await;
+    r.expect(400, "invalid_field");
+    assert_eq!(r.body["field"], "credential.token_file", "{}", r.text);
+    assert_eq!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .replace(&format!("`{}`", p(&outside.join("bot.key.pem"))), "`PATH`"),
+        answers[0].replace("private_key_file", "token_file")
+    );
+
+    // A key inside the allowed directory works, `..` and all.
+    let inside = format!("{}/a-directory/../bot.key.pem", p(&allowed));
+    let r = a
+        .call(
+            Method::POST,
+            "/bots",
+            Some(&operator),
+            Some(certificate_registration("c1", APP_A, &inside)),
+        )
+        .await;
+    r.expect(201, "");
+    assert_eq!(r.body["credential"], "certificate", "{}", r.text);
+    assert!(!r.text.contains("bot.key.pem"), "{}", r.text);
+}
+
+#[actix_web::test]
+async fn errors_inside_handler_and_credential_name_the_field() {
+    let a = start().await;
+    let mut r = registration("t1", APP_A);
+    r["handler"]["timeout"] = json!("5 parsecs");
+    let r = a
+        .call(Method::POST, "/bots", Some(BOOTSTRAP), Some(r))
+        .await;
+    r.expect(400, "invalid_field");
+    assert_eq!(r.body["field"], "handler.timeout", "{}", r.text);
+    let mut r = registration("t1", APP_A);
+    r["handler"]["allow_insecure_http"] = json!("yes");
+    let r = a
+        .call(Method::POST, "/bots", Some(BOOTSTRAP), Some(r))
+        .await;
+    r.expect(400, "invalid_field");
+    assert_eq!(r.body["field"], "handler.allow_insecure_http", "{}", r.text);
+}
+
 #[actix_web::test]
 async fn duplicate_ids_and_app_ids_conflict() {
     let a = start().await;

@@ -204,6 +204,20 @@ fn bad_cases(file: &dyn Fn(&str) -> String) -> Vec<Bad> {
         "handler =",
         "`kind` = \"record\", \"echo\"",
     );
+    case(
+        "bad webhook timeout, inside the tagged handler table",
+        bot("handler = { kind = \"webhook\", url = \"https://h.example\", secret = \"0123456789abcdef0\", timeout = \"5 parsecs\" }"),
+        "bots[0].handler.timeout",
+        "handler =",
+        "expected a duration",
+    );
+    case(
+        "relative credential directory",
+        "[admin]\ncredential_dirs = [\"secrets\"]\n".into(),
+        "admin.credential_dirs[0]",
+        "credential_dirs",
+        "not an absolute path",
+    );
     cases.push(Bad {
         name: "environment variable",
         toml: String::new(),
@@ -306,6 +320,111 @@ fn syntax_errors_and_missing_files_name_the_file() {
         "{}",
         missing.stderr
     );
+}
+
+#[test]
+fn syntax_errors_never_print_the_files_text() {
+    // Inline secrets are allowed, so a typo on their line must not put them
+    // into CI or pod logs: file, line, column and the parser's problem only.
+    let secret = "TOPSECRETPASSWORD123";
+    for (text, line) in [
+        (format!("[[bots]]\nid = \"x\"\napp_id = \"{APP_ID}\"\napp_password = \"{secret}\nhandler = {{ kind = \"echo\" }}\n"), 4),
+        (format!("[[bots]]\nid = \"x\"\napp_password = \"{secret}\" x\n"), 3),
+        ("[admin]\nbootstrap_key = 123456789012345678901234567890\n".to_owned(), 2),
+    ] {
+        let f = toml_file(&text);
+        let config = f.path().to_str().expect("utf-8 path");
+        let check = run(botfleet(&["check-config", "--config", config], &[]));
+        let serve = run(botfleet(
+            &["serve", "--config", config],
+            &[("BOTFLEET__SERVER__LISTEN", "127.0.0.1:0")],
+        ));
+        for (what, out) in [("check-config", &check), ("serve", &serve)] {
+            assert_eq!(out.code, Some(2), "{what}: {}", out.stderr);
+            let all = format!("{}{}", out.stdout, out.stderr);
+            for leaked in [secret, "123456789012345678901234567890", "app_password =", "bootstrap_key ="] {
+                assert!(!all.contains(leaked), "{what} printed `{leaked}`:\n{all}");
+            }
+            assert!(
+                out.stderr.contains(&format!("{config} is not valid TOML: line {line}, column ")),
+                "{what}:\n{}",
+                out.stderr
+            );
+        }
+    }
+    // A value of the wrong type for a secret key: its type, never the value.
+    let f = toml_file(&format!(
+        "[[bots]]\nid = \"x\"\napp_id = \"{APP_ID}\"\napp_password = 8675309123\n"
+    ));
+    let out = run(botfleet(
+        &["check-config", "--config", f.path().to_str().expect("path")],
+        &[],
+    ));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`bots[0].app_password`")
+            && out
+                .stderr
+                .contains("invalid type: integer, expected a string")
+            && !out.stderr.contains("8675309123"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn effective_durations_read_back_as_written() {
+    let toml = r#"
+[admin]
+registry_poll = "1500ms"
+[runtime]
+conversation_idle = "90m"
+tenant_idle = "36h"
+"#;
+    let f = toml_file(toml);
+    let first = run(botfleet(
+        &["check-config", "--config", f.path().to_str().expect("path")],
+        &[],
+    ));
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    for shown in [
+        "audit_retention = \"90d\"",
+        "registry_poll = \"1500ms\"",
+        "conversation_idle = \"90m\"",
+        "tenant_idle = \"36h\"",
+        "key_refresh = \"6h\"",
+    ] {
+        assert!(
+            first.stdout.contains(shown),
+            "`{shown}` missing:\n{}",
+            first.stdout
+        );
+    }
+    // The effective configuration is itself a configuration that loads to
+    // the same values: written back, it prints identically.
+    let effective = first
+        .stdout
+        .split_once("# effective configuration")
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .map(|(_, t)| t.to_owned())
+        .expect("effective configuration printed");
+    let again = toml_file(&effective);
+    let second = run(botfleet(
+        &[
+            "check-config",
+            "--config",
+            again.path().to_str().expect("path"),
+        ],
+        &[],
+    ));
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    let effective_again = second
+        .stdout
+        .split_once("# effective configuration")
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .map(|(_, t)| t.to_owned())
+        .expect("effective configuration printed");
+    assert_eq!(effective, effective_again);
 }
 
 #[test]
@@ -423,7 +542,7 @@ handler = {{ kind = "webhook", url = "https://hooks.example.com/teams", secret =
         "handler_deadline = \"8s\"",
         "key_refresh = \"1h\"",
         "duplicate_window = \"0s\"",
-        "timeout = \"1s 500ms\"",
+        "timeout = \"1500ms\"",
         "max_retry = \"20s\"",
     ] {
         assert!(

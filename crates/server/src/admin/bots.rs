@@ -262,7 +262,7 @@ impl Bot {
                 ..
             } => HandlerView::Webhook {
                 url: url.clone(),
-                timeout: humantime::format_duration(*timeout).to_string(),
+                timeout: crate::settings::duration::format(*timeout),
                 allow_insecure_http: *allow_insecure_http,
             },
         };
@@ -319,11 +319,12 @@ fn registration(
     state: &AdminState,
     spec: serde_json::Value,
 ) -> Result<(BotSettings, serde_json::Value), AdminError> {
-    let _: BotRegistration = from_value(spec.clone())?;
-    let bot: BotSettings = from_value(spec)?;
-    bot.validate(&state.clouds).map_err(|errors| {
-        AdminError::InvalidFields(errors.into_iter().map(|e| (e.key, e.problem)).collect())
-    })?;
+    let _: BotRegistration = refined_from_value(&spec)?;
+    let bot: BotSettings = refined_from_value(&spec)?;
+    bot.validate_registration(&state.clouds, &state.credential_dirs)
+        .map_err(|errors| {
+            AdminError::InvalidFields(errors.into_iter().map(|e| (e.key, e.problem)).collect())
+        })?;
     // Stored in the configuration type's own shape, so what is stored is
     // exactly what was validated (defaults filled in).
     let stored = botfleet_auth::Secret::revealing(|| serde_json::to_value(&bot)).map_err(|e| {
@@ -331,6 +332,50 @@ fn registration(
         AdminError::Internal
     })?;
     Ok((bot, stored))
+}
+
+/// [`from_value`], naming the field inside `handler` / `credential` (serde
+/// reports an error inside an internally tagged enum at the enum: a bad
+/// `handler.timeout` at `handler`). The field is found by taking each key of
+/// that object out in turn: the one whose absence changes the error is at
+/// fault. Only on the error path.
+fn refined_from_value<T: serde::de::DeserializeOwned>(
+    spec: &serde_json::Value,
+) -> Result<T, AdminError> {
+    let error = match from_value(spec.clone()) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let AdminError::InvalidField { field, problem } = &error else {
+        return Err(error);
+    };
+    let Some(serde_json::Value::Object(tagged)) = spec.get(field.as_str()) else {
+        return Err(error);
+    };
+    if !tagged.contains_key("kind") {
+        return Err(error);
+    }
+    for child in tagged.keys().filter(|k| *k != "kind") {
+        let mut trial = spec.clone();
+        if let Some(serde_json::Value::Object(t)) = trial.get_mut(field.as_str()) {
+            t.remove(child);
+        }
+        let changed = match from_value::<T>(trial) {
+            Ok(_) => true,
+            Err(AdminError::InvalidField {
+                field: f,
+                problem: p,
+            }) => f != *field || p != *problem,
+            Err(_) => true,
+        };
+        if changed {
+            return Err(AdminError::field(
+                format!("{field}.{child}"),
+                problem.clone(),
+            ));
+        }
+    }
+    Err(error)
 }
 
 /// Refuses ids and app ids of the configuration file's bots.

@@ -83,6 +83,9 @@ pub struct AdminConfig {
     pub failure_limit: FailureLimit,
     /// Custom clouds of the configuration, so registrations may name them.
     pub clouds: Vec<Cloud>,
+    /// `admin.credential_dirs`: the only directories whose files a
+    /// registration's credential may name (empty = none).
+    pub credential_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -92,6 +95,7 @@ impl Default for AdminConfig {
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             failure_limit: FailureLimit::default(),
             clouds: Vec::new(),
+            credential_dirs: Vec::new(),
         }
     }
 }
@@ -141,6 +145,7 @@ pub struct AdminState {
     pub(crate) limiter: FailureLimiter,
     pub(crate) audit_retention: Duration,
     pub(crate) clouds: Vec<Cloud>,
+    pub(crate) credential_dirs: Vec<std::path::PathBuf>,
     /// Notification jobs; `None` answers the notification routes 503.
     pub(crate) notifications: Option<notifications::NotificationsState>,
 }
@@ -183,6 +188,7 @@ impl AdminState {
             limiter: FailureLimiter::new(config.failure_limit),
             audit_retention: config.audit_retention,
             clouds: config.clouds,
+            credential_dirs: config.credential_dirs,
             notifications: None,
         })
     }

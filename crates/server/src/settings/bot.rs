@@ -11,6 +11,7 @@ use botfleet_connector::AmbiguousPolicy;
 use botfleet_runtime::handlers::{WebhookConfig, WebhookHandler};
 use serde::{Deserialize, Serialize};
 
+use super::duration;
 use super::error::ConfigError;
 use super::sources::Environment;
 
@@ -19,6 +20,24 @@ pub const MIN_WEBHOOK_SECRET_CHARS: usize = 16;
 
 /// Longest bot id: it is a URL segment and part of every store key.
 pub const MAX_BOT_ID_CHARS: usize = 64;
+
+/// Largest credential file an admin API registration may name (PEM keys and
+/// certificates, projected tokens are a few KiB); larger is refused unread.
+pub const MAX_CREDENTIAL_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Which files a bot's credential may name.
+#[derive(Debug, Clone, Copy)]
+pub enum CredentialFiles<'a> {
+    /// Any file the botfleet user can read: the configuration file's bots,
+    /// written by whoever runs botfleet. Errors name the OS error.
+    Any,
+    /// Only regular files that resolve (symlinks and `..` followed) inside one
+    /// of these absolute directories (`admin.credential_dirs`): bots registered
+    /// through the admin API, whose caller must not learn anything about other
+    /// files. Every refusal of a path is one message that says neither whether
+    /// the file exists nor why it was refused; the reason goes to the log.
+    Within(&'a [PathBuf]),
+}
 
 /// A `[[bots]]` entry. Also the body of a bot registration in the admin API,
 /// so it serialises (secrets as `"[redacted]"`, see [`Secret`]) as well as it
@@ -130,7 +149,7 @@ pub enum HandlerSettings {
         /// At least 16 characters; in configuration also `secret_file` / `secret_env`.
         secret: Secret,
         /// How long one webhook call may take (`"5s"`, `"1500ms"`).
-        #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+        #[serde(default = "default_webhook_timeout", with = "duration")]
         timeout: Duration,
         /// Allow http:// to a non-loopback host.
         #[serde(default)]
@@ -199,11 +218,37 @@ impl BotSettings {
             .map(|_| ())
     }
 
+    /// [`Self::validate`] for a registration through the admin API: the
+    /// credential may name files only inside `credential_dirs` (see
+    /// [`CredentialFiles::Within`]; empty = no file-based credential).
+    pub fn validate_registration(
+        &self,
+        custom_clouds: &[Cloud],
+        credential_dirs: &[PathBuf],
+    ) -> Result<(), Vec<ConfigError>> {
+        self.prepare_with(
+            custom_clouds,
+            &Environment::process(),
+            CredentialFiles::Within(credential_dirs),
+        )
+        .map(|_| ())
+    }
+
     /// [`Self::validate`], returning the credential it read and parsed.
     pub fn prepare(
         &self,
         custom_clouds: &[Cloud],
         env: &Environment,
+    ) -> Result<PreparedBot, Vec<ConfigError>> {
+        self.prepare_with(custom_clouds, env, CredentialFiles::Any)
+    }
+
+    /// [`Self::prepare`] with the files the credential may name.
+    pub fn prepare_with(
+        &self,
+        custom_clouds: &[Cloud],
+        env: &Environment,
+        files: CredentialFiles<'_>,
     ) -> Result<PreparedBot, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut fail = |key: &str, problem: String| errors.push(ConfigError::new(key, problem));
@@ -324,7 +369,7 @@ impl BotSettings {
                 None
             }
             (None, Some(p)) => Some(PreparedCredential::Secret(p.clone())),
-            (Some(c), None) => match self.prepare_credential(c, env) {
+            (Some(c), None) => match self.prepare_credential(c, env, files) {
                 Ok(c) => Some(c),
                 Err((key, problem)) => {
                     fail(&key, problem);
@@ -361,6 +406,7 @@ impl BotSettings {
         &self,
         credential: &CredentialSettings,
         env: &Environment,
+        files: CredentialFiles<'_>,
     ) -> Result<PreparedCredential, (String, String)> {
         Ok(match credential {
             CredentialSettings::Secret { secret } if secret.is_empty() => {
@@ -375,9 +421,9 @@ impl BotSettings {
                 certificate_file,
                 thumbprint,
             } => {
-                let key = read_pem(private_key_file, "credential.private_key_file")?;
+                let key = self.read_pem(private_key_file, "credential.private_key_file", files)?;
                 let cert = match certificate_file {
-                    Some(p) => Some(read_pem(p, "credential.certificate_file")?),
+                    Some(p) => Some(self.read_pem(p, "credential.certificate_file", files)?),
                     None => None,
                 };
                 let parsed = match (cert, thumbprint) {
@@ -389,6 +435,10 @@ impl BotSettings {
                 )
             }
             CredentialSettings::WorkloadIdentity { token_file } => {
+                // Read at every exchange, not here: only where it may be.
+                if let (Some(file), CredentialFiles::Within(dirs)) = (token_file, files) {
+                    self.confine(file, "credential.token_file", dirs)?;
+                }
                 let from_env = WorkloadIdentityEnv::from_lookup(|k| env.get(k).map(str::to_owned));
                 let wi = match (from_env, token_file) {
                     (Some(mut e), Some(file)) => {
@@ -439,13 +489,126 @@ impl BotSettings {
     }
 }
 
-fn read_pem(path: &Path, key: &str) -> Result<String, (String, String)> {
-    std::fs::read_to_string(path).map_err(|e| {
+impl BotSettings {
+    fn read_pem(
+        &self,
+        path: &Path,
+        key: &str,
+        files: CredentialFiles<'_>,
+    ) -> Result<String, (String, String)> {
+        let CredentialFiles::Within(dirs) = files else {
+            return std::fs::read_to_string(path).map_err(|e| {
+                (
+                    key.to_owned(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            });
+        };
+        let resolved = self.confine(path, key, dirs)?;
+        std::fs::read_to_string(&resolved)
+            .map_err(|e| self.refuse(path, key, dirs, &format!("cannot read it: {e}")))
+    }
+
+    /// `path` resolved, if it is a regular file of at most
+    /// [`MAX_CREDENTIAL_FILE_BYTES`] inside one of `dirs`. The path is first
+    /// checked as written (`..` applied by its text), so nothing outside the
+    /// directories is looked up at all; then resolved, so a symlink cannot
+    /// lead out.
+    fn confine(
+        &self,
+        path: &Path,
+        key: &str,
+        dirs: &[PathBuf],
+    ) -> Result<PathBuf, (String, String)> {
+        if dirs.is_empty() {
+            return Err((
+                key.to_owned(),
+                "a bot registered through the admin API may name credential files only inside the directories the server's configuration lists in `admin.credential_dirs` (none are): add the directory the files are mounted in there, use a `secret` or `managed-identity` credential, or define the bot in the configuration file".into(),
+            ));
+        }
+        if !path.is_absolute() {
+            return Err((
+                key.to_owned(),
+                format!("give an absolute path inside {}", list_dirs(dirs)),
+            ));
+        }
+        let written = normalise(path);
+        let resolved_dirs: Vec<PathBuf> = dirs
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .collect();
+        let within = |p: &Path| {
+            dirs.iter()
+                .map(|d| normalise(d))
+                .chain(resolved_dirs.iter().cloned())
+                .any(|d| p.starts_with(&d) && p != d)
+        };
+        if !within(&written) {
+            return Err(self.refuse(path, key, dirs, "outside admin.credential_dirs as written"));
+        }
+        let resolved = std::fs::canonicalize(path)
+            .map_err(|e| self.refuse(path, key, dirs, &format!("cannot resolve it: {e}")))?;
+        if !resolved_dirs.iter().any(|d| resolved.starts_with(d)) {
+            return Err(self.refuse(
+                path,
+                key,
+                dirs,
+                &format!(
+                    "it resolves to {}, outside admin.credential_dirs",
+                    resolved.display()
+                ),
+            ));
+        }
+        match std::fs::metadata(&resolved) {
+            Ok(m) if m.is_file() && m.len() <= MAX_CREDENTIAL_FILE_BYTES => Ok(resolved),
+            Ok(m) if m.is_file() => Err(self.refuse(path, key, dirs, "larger than 1 MiB")),
+            Ok(_) => Err(self.refuse(path, key, dirs, "not a regular file")),
+            Err(e) => Err(self.refuse(path, key, dirs, &format!("cannot stat it: {e}"))),
+        }
+    }
+
+    /// The one answer to every refused path (so the caller learns nothing
+    /// about the file); `why` goes to the server log only.
+    fn refuse(&self, path: &Path, key: &str, dirs: &[PathBuf], why: &str) -> (String, String) {
+        tracing::warn!(
+            bot = ?self.id,
+            key,
+            path = ?path,
+            why,
+            "admin API registration: credential file refused"
+        );
         (
             key.to_owned(),
-            format!("cannot read {}: {e}", path.display()),
+            format!(
+                "`{}` is not a readable credential file inside {}",
+                path.display(),
+                list_dirs(dirs)
+            ),
         )
-    })
+    }
+}
+
+/// `admin.credential_dirs (/a, /b)` for messages.
+fn list_dirs(dirs: &[PathBuf]) -> String {
+    let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    format!("admin.credential_dirs ({})", shown.join(", "))
+}
+
+/// `path` with `.` dropped and `..` applied to the text (never above the
+/// root), without touching the filesystem.
+fn normalise(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// A client only for constructing a [`WebhookHandler`] as a check; never sends.

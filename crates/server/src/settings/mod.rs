@@ -14,12 +14,13 @@
 //! rate limiter's `DEFAULT_MARGIN`); the settings below start from those.
 
 pub mod bot;
+pub mod duration;
 pub mod error;
 pub mod sources;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use botfleet_auth::inbound::InboundConfig;
@@ -28,7 +29,10 @@ use botfleet_connector::{ConnectorConfig, RetryPolicy};
 use botfleet_runtime::RuntimeConfig;
 use serde::{Deserialize, Serialize, Serializer};
 
-pub use bot::{BotSettings, CredentialSettings, HandlerSettings, PreparedBot, PreparedCredential};
+pub use bot::{
+    BotSettings, CredentialFiles, CredentialSettings, HandlerSettings, PreparedBot,
+    PreparedCredential,
+};
 pub use error::{ConfigError, Origin, SettingsError};
 pub use sources::Environment;
 
@@ -80,7 +84,7 @@ pub struct ServerSettings {
     /// How long an inbound request waits for the bot handler before answering
     /// 202 (an invoke: 504) while the handler carries on. Teams resends after
     /// about 15 s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub handler_deadline: Duration,
     /// HTTP worker threads; 0 = one per CPU.
     pub workers: usize,
@@ -106,19 +110,19 @@ impl Default for ServerSettings {
 pub struct AuthSettings {
     /// Scheduled refresh of OpenID metadata and signing keys (at most 24 h:
     /// the Bot Framework asks for at least daily).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub key_refresh: Duration,
     /// Least time between refreshes triggered by a token with an unknown `kid`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub unknown_kid_refresh_min: Duration,
     /// Allowed clock skew for `exp` / `nbf`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub clock_skew: Duration,
     /// Verified tokens remembered (by hash, until expiry) to skip RSA
     /// verification; 0 turns the cache off.
     pub verified_token_cache_size: u64,
     /// Timeout of one OpenID metadata / JWKS request.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub fetch_timeout: Duration,
     /// Clouds (`public`, a `[[clouds]]` name, ...) whose signing keys published
     /// WITHOUT an endorsements list are accepted for any channel, as Microsoft's
@@ -166,13 +170,22 @@ pub struct AdminSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_key: Option<Secret>,
     /// Audit log entries older than this are removed (checked hourly).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub audit_retention: Duration,
     /// How often each replica compares the bot registry's revision with the
     /// one it applied, to catch up on a change announcement it missed (a
     /// Redis reconnect). Announced changes apply at once, whatever this is.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub registry_poll: Duration,
+    /// Directories whose files a bot registered through the admin API may
+    /// name as its credential (`private_key_file`, `certificate_file`,
+    /// `token_file`), e.g. `["/run/secrets/botfleet"]`. Absolute paths; a
+    /// named file must resolve (symlinks and `..` followed) inside one of
+    /// them. Default empty: the API refuses file-based credentials, so an
+    /// API key cannot make botfleet read, or reveal, files of its host.
+    /// The configuration file's bots may name any file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_dirs: Vec<PathBuf>,
 }
 
 impl Default for AdminSettings {
@@ -181,6 +194,7 @@ impl Default for AdminSettings {
             bootstrap_key: None,
             audit_retention: crate::admin::AdminConfig::default().audit_retention,
             registry_poll: Duration::from_secs(5),
+            credential_dirs: Vec::new(),
         }
     }
 }
@@ -193,16 +207,16 @@ pub struct NotifySettings {
     /// replica (its sender died): the documented duplicate window closes
     /// after it. Longer than the longest send (`outbound.request_timeout` +
     /// `outbound.max_retry`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub lease: Duration,
     /// A work item a replica took and did not acknowledge for this long is
     /// taken over by another one (looked for every quarter of it).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub reclaim_idle: Duration,
     /// A replica's claim on expanding a job lasts this long unless renewed
     /// (renewed before every page); a dead replica's jobs are adopted within
     /// about 1.3 times this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub expansion_lease: Duration,
     /// Sends of one tenant in flight at once per replica (Teams allows 50/s
     /// per bot per tenant: at ~100 ms a send, 5 reach it).
@@ -306,17 +320,17 @@ pub struct RuntimeSettings {
     /// Threads tenant and conversation actors run on; 0 = one per CPU.
     pub arbiters: usize,
     /// An idle conversation actor is stopped after this long.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub conversation_idle: Duration,
     /// An idle tenant actor is stopped after this long.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub tenant_idle: Duration,
     /// Rewrite an unchanged conversation reference after this long (last_seen).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub reference_touch: Duration,
     /// Handled activity ids are claimed in the store for this long, so Teams'
     /// resend is dropped on whichever replica it lands; 0 = per-replica memory only.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub duplicate_window: Duration,
     /// Most activities per second one tenant may send one bot through one
     /// replica (429 beyond); 0 = no quota.
@@ -369,25 +383,25 @@ impl RuntimeSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundSettings {
     /// Timeout of one Bot Connector request, response included.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// Attempts of one call, the first included (412/429/502/503/504 and
     /// failures before the request left are retried).
     pub max_attempts: u32,
     /// No retry starts after this long since the call began.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_retry: Duration,
     /// Longest wait for the local Teams rate limiter per request.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_rate_limit_wait: Duration,
     /// Where a 403 `InvalidBotApiHost` call is retried (the GCC Teams host).
     pub gcc_service_url: String,
     /// Added to every Teams rate-limit window. Teams counts arrivals; botfleet
     /// counts departures, and delays between the two compress bursts. A margin
     /// larger than that jitter means a paced sender is never throttled.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub rate_limit_margin: Duration,
 }
 
@@ -475,17 +489,18 @@ pub fn load_with(file: Option<&Path>, env: &Environment) -> Result<LoadedConfig,
         }
     };
     let layered = sources::layered(file, env, &defaults)?;
-    let settings: Settings =
-        match serde_path_to_error::deserialize(toml::Value::Table(layered.tree)) {
-            Ok(s) => s,
-            Err(e) => {
-                let (key, problem) = describe(&e);
-                return Err(layered
-                    .origins
-                    .attach(vec![ConfigError::new(key, problem)])
-                    .into());
-            }
-        };
+    let settings: Settings = match parse(&layered.tree) {
+        Ok(s) => s,
+        Err(e) => {
+            let (key, problem) = describe(&e);
+            let key = refine_tagged(&layered.tree, key, &problem);
+            let problem = without_secret_value(&key, problem);
+            return Err(layered
+                .origins
+                .attach(vec![ConfigError::new(key, problem)])
+                .into());
+        }
+    };
     let mut notices = layered.notices;
     let bots = settings
         .check(env, &mut notices)
@@ -497,6 +512,56 @@ pub fn load_with(file: Option<&Path>, env: &Environment) -> Result<LoadedConfig,
     })
 }
 
+type ParseError = serde_path_to_error::Error<toml::de::Error>;
+
+fn parse(tree: &toml::Table) -> Result<Settings, ParseError> {
+    serde_path_to_error::deserialize(toml::Value::Table(tree.clone()))
+}
+
+/// serde loses the path inside an internally tagged enum (`handler`,
+/// `credential`): a bad `handler.timeout` is reported at `handler`. Finds the
+/// key by taking each of the table's keys out in turn: the one whose absence
+/// changes the error is the one at fault. Only on the error path, a handful
+/// of re-parses of the tree.
+fn refine_tagged(tree: &toml::Table, key: String, problem: &str) -> String {
+    let Some(children) = sources::tagged_table_keys(tree, &key) else {
+        return key;
+    };
+    for child in children {
+        let changed = match parse(&sources::without(tree, &key, &child)) {
+            Ok(_) => true,
+            Err(e) => {
+                let (k, p) = describe(&e);
+                k != key || p != problem
+            }
+        };
+        if changed {
+            return format!("{key}.{child}");
+        }
+    }
+    key
+}
+
+/// serde quotes the value it refused (`invalid type: integer \`123\``); for a
+/// secret key (or a tagged table it may sit in) keep only the value's type.
+fn without_secret_value(key: &str, problem: String) -> String {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let secretive =
+        sources::SECRET_KEYS.contains(&last) || ["handler", "credential"].contains(&last);
+    if !secretive {
+        return problem;
+    }
+    for lead in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = problem.strip_prefix(lead) {
+            if let Some((unexpected, expected)) = rest.split_once(", expected ") {
+                let kind = unexpected.split([' ', '`', '"', '\'']).next().unwrap_or("");
+                return format!("{lead}{kind}, expected {expected}");
+            }
+        }
+    }
+    problem
+}
+
 /// Key path and a message without Rust type names for a deserialisation error.
 fn describe(e: &serde_path_to_error::Error<toml::de::Error>) -> (String, String) {
     let mut key = e.path().to_string();
@@ -504,9 +569,10 @@ fn describe(e: &serde_path_to_error::Error<toml::de::Error>) -> (String, String)
         key.clear();
     }
     let message = e.inner().message().to_owned();
-    // serde reports an unknown key at its table; name the key itself.
+    // serde reports an unknown or missing key at its table; name the key itself.
     if let Some(field) = message
         .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))
         .and_then(|rest| rest.split('`').next())
     {
         if !key.ends_with(field) {
@@ -618,6 +684,19 @@ impl Settings {
                 "must be between 100ms and 1h, e.g. \"5s\": a replica that missed a change announcement applies it within this time".into(),
             );
         }
+        for (i, dir) in ad.credential_dirs.iter().enumerate() {
+            if !dir.is_absolute() {
+                fail(
+                    &format!("admin.credential_dirs[{i}]"),
+                    format!("`{}` is not an absolute path: give the directory the bots' credential files are mounted in, e.g. \"/run/secrets/botfleet\"", dir.display()),
+                );
+            } else if !dir.is_dir() {
+                fail(
+                    &format!("admin.credential_dirs[{i}]"),
+                    format!("`{}` is not a directory botfleet can reach: create it (or mount the secrets there) or remove it from the list", dir.display()),
+                );
+            }
+        }
         let n = &self.notify;
         let longest_send = self.outbound.request_timeout + self.outbound.max_retry;
         if n.lease <= longest_send || n.lease > Duration::from_secs(24 * 3600) {
@@ -625,7 +704,7 @@ impl Settings {
                 "notify.lease",
                 format!(
                     "must be longer than the longest send (outbound.request_timeout + outbound.max_retry = {}) and at most 24h, e.g. \"180s\": a shorter lease lets another replica resend a target whose send is still under way",
-                    humantime::format_duration(longest_send)
+                    duration::format(longest_send)
                 ),
             );
         }

@@ -204,7 +204,7 @@ pub fn layered(
         })?;
         l.tree = toml::from_str(&text).map_err(|e| SettingsError::Syntax {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: syntax_message(&e, &text),
         })?;
         if let Ok(spanned) = toml::de::DeTable::parse(&text) {
             record_file_origins(spanned.get_ref(), "", path, &text, &mut l.origins);
@@ -219,6 +219,53 @@ pub fn layered(
     } else {
         Err(SettingsError::Invalid(l.origins.attach(errors)))
     }
+}
+
+/// `line 4, column 16: invalid basic string`: the parser's problem and where,
+/// never the text (toml's own `Display` quotes the offending line, which may
+/// hold an inline secret, into CI and pod logs).
+fn syntax_message(e: &toml::de::Error, text: &str) -> String {
+    let problem = without_quoted_text(e.message().trim_end());
+    let Some(span) = e.span() else {
+        return problem;
+    };
+    let start = span.start.min(text.len());
+    let line_start = text
+        .get(..start)
+        .and_then(|before| before.rfind('\n'))
+        .map_or(0, |i| i + 1);
+    let column = text
+        .get(line_start..start)
+        .map_or(0, |before| before.chars().count())
+        + 1;
+    format!("line {}, column {column}: {problem}", line_of(text, start))
+}
+
+/// The parser's message with each quoted piece of the file (`` `123…` ``,
+/// `"…"`) replaced by `…`; quoted punctuation (`` expected `"` ``) is kept, as
+/// it names syntax, not content. An unclosed quote hides the rest.
+fn without_quoted_text(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = &rest[open..open + 1];
+        out.push_str(&rest[..open + 1]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(quote) else {
+            out.push('…');
+            return out;
+        };
+        let quoted = &after[..close];
+        if quoted.chars().all(|c| c.is_ascii_punctuation()) {
+            out.push_str(quoted);
+        } else {
+            out.push('…');
+        }
+        out.push_str(quote);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -428,6 +475,76 @@ fn overlay_env(
                 origin: Some(origin),
             }),
         }
+    }
+}
+
+/// `bots[0].handler` -> [bots, 0, handler]; `None` for text that is not a key path.
+fn parse_key(key: &str) -> Option<Vec<Seg>> {
+    let mut path = Vec::new();
+    for part in key.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if name.is_empty() {
+            return None;
+        }
+        path.push(Seg::Key(name.to_owned()));
+        while !rest.is_empty() {
+            let (index, after) = rest.split_once(']')?;
+            path.push(Seg::Index(index.parse().ok()?));
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    Some(path)
+}
+
+/// The keys of the table at `key` in `tree`, if it is a table with a `kind`
+/// (an internally tagged enum: `handler`, `credential`), `kind` left out.
+pub(crate) fn tagged_table_keys(tree: &Table, key: &str) -> Option<Vec<String>> {
+    let path = parse_key(key)?;
+    match lookup(tree, &path)? {
+        Value::Table(t) if t.contains_key("kind") => {
+            Some(t.keys().filter(|k| *k != "kind").cloned().collect())
+        }
+        _ => None,
+    }
+}
+
+/// `tree` without `key`.`child`.
+pub(crate) fn without(tree: &Table, key: &str, child: &str) -> Table {
+    let mut copy = tree.clone();
+    if let Some(mut path) = parse_key(key) {
+        path.push(Seg::Key(child.to_owned()));
+        remove(&mut copy, &path);
+    }
+    copy
+}
+
+fn remove(table: &mut Table, path: &[Seg]) {
+    let Some((Seg::Key(last), parents)) = path.split_last() else {
+        return;
+    };
+    let Some((Seg::Key(first), rest)) = parents.split_first() else {
+        table.remove(last);
+        return;
+    };
+    let mut v = match table.get_mut(first) {
+        Some(v) => v,
+        None => return,
+    };
+    for seg in rest {
+        v = match (seg, v) {
+            (Seg::Key(k), Value::Table(t)) => match t.get_mut(k) {
+                Some(v) => v,
+                None => return,
+            },
+            (Seg::Index(i), Value::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return,
+            },
+            _ => return,
+        };
+    }
+    if let Value::Table(t) = v {
+        t.remove(last);
     }
 }
 
@@ -885,6 +1002,57 @@ mod tests {
         assert_eq!(
             typed("app_id", "123", None),
             Ok(Value::String("123".into()))
+        );
+    }
+
+    #[test]
+    fn syntax_messages_keep_no_quoted_file_text() {
+        assert_eq!(
+            without_quoted_text("invalid type: integer `12345678901234567890` as i128, expected any valid TOML value"),
+            "invalid type: integer `…` as i128, expected any valid TOML value"
+        );
+        assert_eq!(
+            without_quoted_text("invalid basic string, expected `\"`"),
+            "invalid basic string, expected `\"`"
+        );
+        assert_eq!(
+            without_quoted_text("duplicate key `hunter2`"),
+            "duplicate key `…`"
+        );
+        assert_eq!(without_quoted_text("bad \"TOPSECRET"), "bad \"…");
+        let text = "a = 1\nb = \"TOPSECRET\n";
+        let e = toml::from_str::<Table>(text).expect_err("unterminated string");
+        let m = syntax_message(&e, text);
+        assert!(
+            m.starts_with("line 2, column ") && !m.contains("TOPSECRET"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn key_paths_parse_and_remove() {
+        let mut t: Table = toml::from_str(
+            "[[bots]]\nid = \"a\"\n[[bots]]\nid = \"b\"\nhandler = { kind = \"webhook\", url = \"u\", timeout = \"x\" }\n",
+        )
+        .expect("toml");
+        assert_eq!(
+            parse_key("bots[1].handler"),
+            Some(vec![
+                Seg::Key("bots".into()),
+                Seg::Index(1),
+                Seg::Key("handler".into())
+            ])
+        );
+        assert_eq!(parse_key("a..b"), None);
+        assert_eq!(
+            tagged_table_keys(&t, "bots[1].handler"),
+            Some(vec!["timeout".to_owned(), "url".to_owned()])
+        );
+        assert_eq!(tagged_table_keys(&t, "bots[0]"), None);
+        t = without(&t, "bots[1].handler", "timeout");
+        assert_eq!(
+            tagged_table_keys(&t, "bots[1].handler"),
+            Some(vec!["url".to_owned()])
         );
     }
 
