@@ -469,6 +469,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         registry.applied,
         registry.store_failures
     );
+    notify::write_metrics(&mut out, &state.notifier);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)

@@ -109,3 +109,65 @@ pub(crate) fn start(
     );
     (admin, notifier)
 }
+
+/// Appends the notifier's metrics to a Prometheus text exposition (the
+/// format of `/metrics`: https://prometheus.io/docs/instrumenting/exposition_formats/).
+/// Counters are this process's; the job gauges (`botfleet_notification_jobs`,
+/// `botfleet_notification_backlog`) describe every replica's jobs as of this
+/// replica's last sweep, so they are the same on every replica (aggregate
+/// them with `max`, not `sum`).
+pub(crate) fn write_metrics(out: &mut String, notifier: &Notifier) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = notifier.counters();
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_notification_jobs Notification jobs not final, by state (every replica's, as of the last sweep).\n# TYPE botfleet_notification_jobs gauge\nbotfleet_notification_jobs{{state=\"queued\"}} {}\nbotfleet_notification_jobs{{state=\"running\"}} {}",
+        c.jobs_queued.load(Relaxed),
+        c.jobs_running.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_notification_jobs_completed_total Notification jobs whose last outcome this replica recorded.\n# TYPE botfleet_notification_jobs_completed_total counter\nbotfleet_notification_jobs_completed_total {}",
+        c.jobs_completed.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_notification_backlog Targets of active notification jobs not final yet (pending, sending, retrying), every replica's.\n# TYPE botfleet_notification_backlog gauge\nbotfleet_notification_backlog {}",
+        c.backlog.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_notification_items_in_hand Work items this replica took and has not finished.\n# TYPE botfleet_notification_items_in_hand gauge\nbotfleet_notification_items_in_hand {}",
+        notifier.in_hand()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_notification_deliveries_total Notification attempts by outcome (delivered, failed, retried) and reason.\n# TYPE botfleet_notification_deliveries_total counter"
+    );
+    for ((outcome, reason), n) in c.by_reason() {
+        let _ = writeln!(
+            out,
+            "botfleet_notification_deliveries_total{{outcome=\"{outcome}\",reason=\"{}\"}} {n}",
+            escape_label(&reason)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_notification_throttled_total Notification attempts throttled (the local Teams rate limiter had no room, or Teams answered 429).\n# TYPE botfleet_notification_throttled_total counter\nbotfleet_notification_throttled_total {}\n# HELP botfleet_notification_throttled_wait_seconds_total Waits given to throttled notification attempts, summed.\n# TYPE botfleet_notification_throttled_wait_seconds_total counter\nbotfleet_notification_throttled_wait_seconds_total {:.3}",
+        c.throttled.load(Relaxed),
+        c.throttled_wait_ms.load(Relaxed) as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "# HELP botfleet_notification_reclaimed_total Work items taken over from a replica that stopped acknowledging them.\n# TYPE botfleet_notification_reclaimed_total counter\nbotfleet_notification_reclaimed_total {}",
+        c.reclaimed.load(Relaxed)
+    );
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -213,6 +213,30 @@ async fn a_job_to_every_conversation_of_several_tenants_delivers_each_once_withi
         0,
         "the Teams limits were broken"
     );
+    // /metrics counts the deliveries and the job this replica completed.
+    assert_eq!(
+        metric(
+            bf.admin_url(),
+            r#"botfleet_notification_deliveries_total{outcome="delivered",reason=""}"#
+        )
+        .await,
+        150.0
+    );
+    assert_eq!(
+        metric(bf.admin_url(), "botfleet_notification_jobs_completed_total").await,
+        1.0
+    );
+    // 120 sends to one tenant meet its 50/s limit: attempts were throttled by
+    // the local limiter and waited, instead of being sent into a 429.
+    assert!(metric(bf.admin_url(), "botfleet_notification_throttled_total").await > 0.0);
+    assert!(
+        metric(
+            bf.admin_url(),
+            "botfleet_notification_throttled_wait_seconds_total"
+        )
+        .await
+            > 0.0
+    );
 
     // The same key and body: the same job, nothing sent again.
     let again = notify(&bf, body, Some("job-all-1")).await;
@@ -304,6 +328,16 @@ async fn forbidden_and_missing_targets_fail_with_their_reason_and_403_deactivate
     assert_eq!(by_id["c:a:f-1"]["status"], 403);
     assert_eq!(by_id["c:a:f-4"]["status"], 404);
     assert_eq!(by_id["c:a:never-seen"]["code"], "reference_missing");
+    for (reason, n) in [
+        ("bot_not_in_conversation_roster", 1.0),
+        ("conversation_not_found", 1.0),
+        ("reference_missing", 1.0),
+    ] {
+        let sample = format!(
+            r#"botfleet_notification_deliveries_total{{outcome="failed",reason="{reason}"}}"#
+        );
+        assert_eq!(metric(bf.admin_url(), &sample).await, n, "{sample}");
+    }
     assert!(by_id["c:a:never-seen"]["status"].is_null());
 
     // The references were deactivated through their one writer ...
@@ -704,4 +738,200 @@ async fn the_cli_sends_follows_and_reports_failures_by_reason() {
     );
     let (code, _, err) = cli(&bf, &["notifications", "show", "0000"]);
     assert_eq!(code, 4, "{err}");
+}
+
+/// The sim's Bot Connector calls of `operation` (all, refused ones included).
+async fn calls(sim: &str, operation: &str) -> Vec<Value> {
+    get_json(format!(
+        "{sim}/_sim/activities?all=true&operation={operation}"
+    ))
+    .await["activities"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn failed_targets(bf: &Botfleet, job: &str) -> Vec<Value> {
+    let a = call(
+        reqwest::Method::GET,
+        format!(
+            "{}/admin/v1/notifications/{job}/targets?state=failed",
+            bf.admin_url()
+        ),
+        BOOT,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    a.body["items"].as_array().unwrap().clone()
+}
+
+#[actix_web::test]
+async fn users_get_a_created_1_1_chat_reused_by_the_next_job_and_without_the_app_fail_clearly() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("notify-users");
+    let bf = start(&sim.url, &prefix, true);
+    // One conversation of the tenant tells botfleet where its Bot Connector is.
+    seed(&sim.url, &bf, &conversations("anchor", T1, 1)).await;
+    post_json(
+        format!("{}/_sim/installations", sim.url),
+        json!({"appId": APP_ID, "tenantId": T1, "users": ["0f2ae4ec-0000-4000-8000-000000000001", "0f2ae4ec-0000-4000-8000-000000000002"]}),
+    )
+    .await;
+    let users = json!([
+        {"id": "0f2ae4ec-0000-4000-8000-000000000001", "tenant": T1},
+        {"id": "0f2ae4ec-0000-4000-8000-000000000002", "tenant": T1},
+        {"id": "0f2ae4ec-0000-4000-8000-0000000000ff", "tenant": T1},
+    ]);
+    let a = notify(
+        &bf,
+        json!({"targets": {"users": users}, "activity": {"type": "message", "text": "to users"}}),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    let job = a.body["id"].as_str().unwrap().to_owned();
+    let done = wait_final(&bf, &job, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["counts"]["delivered"], 2, "{done}");
+    assert_eq!(
+        done["counts"]["failed_by_reason"],
+        json!({"app_not_installed": 1}),
+        "{done}"
+    );
+    let failed = failed_targets(&bf, &job).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0]["id"],
+        format!("u:{T1}:0f2ae4ec-0000-4000-8000-0000000000ff")
+    );
+    assert_eq!(failed[0]["error"]["code"], "app_not_installed");
+    assert_eq!(failed[0]["error"]["status"], 403);
+    let message = failed[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not installed the app"), "{message}");
+
+    // Two chats created (and one refused), each sent the activity once.
+    let creates = calls(&sim.url, "create").await;
+    let created: Vec<&str> = creates
+        .iter()
+        .filter(|c| c["status"] == 201 || c["status"] == 200)
+        .map(|c| c["conversationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(created.len(), 2, "{creates:?}");
+    assert_eq!(creates.iter().filter(|c| c["status"] == 403).count(), 1);
+    let sent = sends_by_conversation(&sim.url, "to users").await;
+    for c in &created {
+        assert_eq!(sent.get(*c), Some(&1), "{c}: {sent:?}");
+    }
+    // Their references are stored, as if the users had written first.
+    let listed = call(
+        reqwest::Method::GET,
+        format!("{}/admin/v1/bots/bot/conversations", bf.admin_url()),
+        BOOT,
+        None,
+        None,
+    )
+    .await;
+    let stored: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["conversation_id"].as_str().unwrap())
+        .collect();
+    for c in &created {
+        assert!(stored.contains(c), "{c} not stored: {}", listed.body);
+    }
+
+    // The next job to a user reuses the stored chat: no create call.
+    let b = notify(
+        &bf,
+        json!({"targets": {"users": [{"id": "0f2ae4ec-0000-4000-8000-000000000001", "tenant": T1}]},
+               "activity": {"type": "message", "text": "again"}}),
+        None,
+    )
+    .await;
+    let done = wait_final(&bf, b.body["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["delivered"], 1, "{done}");
+    assert_eq!(
+        calls(&sim.url, "create").await.len(),
+        creates.len(),
+        "the chat was created again"
+    );
+    let again = sends_by_conversation(&sim.url, "again").await;
+    assert_eq!(again.len(), 1);
+    assert!(
+        created.contains(&again.keys().next().unwrap().as_str()),
+        "{again:?}"
+    );
+    assert_eq!(violations(&sim.url).await, 0);
+}
+
+#[actix_web::test]
+async fn a_channel_target_gets_a_new_thread_and_a_channel_of_another_bot_fails() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("notify-channel");
+    let bf = start(&sim.url, &prefix, true);
+    seed(&sim.url, &bf, &conversations("anchor", T2, 1)).await;
+    post_json(
+        format!("{}/_sim/conversations", sim.url),
+        json!({"conversations": [
+            {"id": "19:general-1@thread.tacv2", "tenantId": T2},
+            {"id": "19:ops-1@thread.tacv2", "tenantId": T2},
+            {"id": "19:other-bot@thread.tacv2", "tenantId": T2, "appIds": [OTHER_APP_ID]},
+        ]}),
+    )
+    .await;
+    let a = notify(
+        &bf,
+        json!({"targets": {"channel": {"team": "19:general-1@thread.tacv2", "channel": "19:ops-1@thread.tacv2", "tenant": T2}},
+               "activity": {"type": "message", "text": "deploy finished"}}),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    let done = wait_final(&bf, a.body["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["total"], 1, "{done}");
+    assert_eq!(done["counts"]["delivered"], 1, "{done}");
+    // One create with the channel and the activity: a new thread, posted once.
+    let creates = calls(&sim.url, "create").await;
+    assert_eq!(creates.len(), 1, "{creates:?}");
+    let thread = &creates[0];
+    assert_eq!(thread["status"], 201, "{thread}");
+    assert!(
+        thread["conversationId"]
+            .as_str()
+            .unwrap()
+            .starts_with("19:ops-1@thread.tacv2;messageid="),
+        "{thread}"
+    );
+    assert_eq!(thread["body"]["isGroup"], true);
+    assert_eq!(
+        thread["body"]["channelData"]["channel"]["id"],
+        "19:ops-1@thread.tacv2"
+    );
+    assert_eq!(thread["body"]["activity"]["text"], "deploy finished");
+
+    // A channel whose roster does not have the bot: failed with Teams' reason.
+    let b = notify(
+        &bf,
+        json!({"targets": {"channel": {"team": "19:general-1@thread.tacv2", "channel": "19:other-bot@thread.tacv2", "tenant": T2}},
+               "activity": {"type": "message", "text": "not yours"}}),
+        None,
+    )
+    .await;
+    let job = b.body["id"].as_str().unwrap().to_owned();
+    let done = wait_final(&bf, &job, Duration::from_secs(60)).await;
+    assert_eq!(
+        done["counts"]["failed_by_reason"],
+        json!({"bot_not_in_conversation_roster": 1}),
+        "{done}"
+    );
+    let failed = failed_targets(&bf, &job).await;
+    assert_eq!(
+        failed[0]["id"],
+        "ch:19:general-1@thread.tacv2:19:other-bot@thread.tacv2"
+    );
+    assert_eq!(failed[0]["error"]["status"], 403);
+    assert_eq!(violations(&sim.url).await, 0);
 }

@@ -745,7 +745,8 @@ async fn concurrent_workers(store: Arc<dyn JobStore>, n: usize) {
 }
 
 /// The index of active jobs lists non-final jobs of every bot, oldest first,
-/// page by page; the expansion claim admits one expander per job at a time.
+/// page by page; the expansion claim admits one expander per job at a time;
+/// the 1:1 conversations created with users are remembered per bot and tenant.
 async fn active_jobs_and_expansion_claim(store: Arc<dyn JobStore>) {
     let mut ids = Vec::new();
     for (i, bot) in ["b1", "b2", "b1", "b3"].iter().enumerate() {
@@ -858,6 +859,49 @@ async fn active_jobs_and_expansion_claim(store: Arc<dyn JobStore>) {
     }))
     .await;
     assert_eq!(claims.iter().filter(|c| **c).count(), 1, "{claims:?}");
+
+    // The 1:1 conversations created with users, per bot and tenant.
+    assert_eq!(
+        store
+            .user_conversation("b1", "t1", "u1")
+            .await
+            .expect("get"),
+        None
+    );
+    store
+        .set_user_conversation("b1", "t1", "u1", "a:1x")
+        .await
+        .expect("set");
+    assert_eq!(
+        store
+            .user_conversation("b1", "t1", "u1")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("a:1x")
+    );
+    for (bot, tenant, user) in [("b2", "t1", "u1"), ("b1", "t2", "u1"), ("b1", "t1", "u2")] {
+        assert_eq!(
+            store
+                .user_conversation(bot, tenant, user)
+                .await
+                .expect("get"),
+            None,
+            "{bot} {tenant} {user}"
+        );
+    }
+    store
+        .set_user_conversation("b1", "t1", "u1", "a:1y")
+        .await
+        .expect("replace");
+    assert_eq!(
+        store
+            .user_conversation("b1", "t1", "u1")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("a:1y")
+    );
 }
 
 fn opts() -> JobStoreOptions {

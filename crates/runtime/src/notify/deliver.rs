@@ -244,7 +244,7 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
     {
         BeginSend::Begun { attempt, takeover } => {
             if takeover {
-                tracing::warn!(job = %item.job_id, "notification delivery: taking over a marker whose sender's lease ended (that sender may have sent: the documented duplicate window)");
+                tracing::warn!(job = %item.job_id, target = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended (that sender may have sent: the documented duplicate window)");
             }
             attempt
         }
@@ -252,9 +252,19 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
             jobs.reschedule(item, at_ms).await?;
             return Ok(Finished::Done(Tally::Skipped));
         }
-        BeginSend::InFlight { entry_id, .. } => {
+        BeginSend::InFlight { entry_id, since_ms } => {
             if entry_id != item.entry_id {
+                // A duplicate item (a re-expanded page): the marker's own item
+                // finishes the target.
                 jobs.ack(item).await?;
+            } else {
+                // This very item, reclaimed from a sender that took the marker
+                // and has not finished: alive and slow, or dead. Come back when
+                // its lease ends (then the target is final, or taken over),
+                // instead of being reclaimed again and again towards the
+                // dead-letter limit.
+                let lease_end = since_ms.saturating_add(millis(ctx.config.lease));
+                jobs.reschedule(item, lease_end.saturating_add(100)).await?;
             }
             return Ok(Finished::Done(Tally::Skipped));
         }
@@ -298,8 +308,7 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
     if let JobOutcome::Retry { next_at_ms, reason } = &outcome {
         let wait = Duration::from_millis(next_at_ms.saturating_sub(now_ms()));
         if reason == reasons::THROTTLED && wait <= ctx.config.local_requeue_max {
-            jobs.finish_send(&item.job_id, &item.target, &outcome, now_ms())
-                .await?;
+            record_outcome(ctx, item, &outcome).await?;
             return Ok(Finished::Requeue(Box::new(r), wait));
         }
     }
@@ -309,13 +318,15 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
 /// Records `outcome`, then acknowledges the item (or queues it again for a retry).
 async fn finish(ctx: &Ctx, item: &WorkItem, outcome: JobOutcome) -> StoreResult<Finished> {
     let jobs = ctx.jobs.as_ref();
-    let done = jobs
-        .finish_send(&item.job_id, &item.target, &outcome, now_ms())
-        .await?;
+    let done = record_outcome(ctx, item, &outcome).await?;
     let tally = match &outcome {
-        JobOutcome::Retry { next_at_ms, .. } => {
+        JobOutcome::Retry { next_at_ms, reason } => {
             jobs.reschedule(item, *next_at_ms).await?;
-            ctx.counters.retried();
+            ctx.counters.retried(reason);
+            if reason == reasons::THROTTLED {
+                ctx.counters
+                    .throttled(Duration::from_millis(next_at_ms.saturating_sub(now_ms())));
+            }
             return Ok(Finished::Done(Tally::Retried));
         }
         JobOutcome::Delivered { .. } => Tally::Delivered,
@@ -326,16 +337,53 @@ async fn finish(ctx: &Ctx, item: &WorkItem, outcome: JobOutcome) -> StoreResult<
     };
     jobs.ack(item).await?;
     if done.applied {
-        match tally {
-            Tally::Delivered => ctx.counters.delivered(),
-            Tally::Failed => ctx.counters.failed(),
-            _ => {}
+        match &outcome {
+            JobOutcome::Delivered { .. } => ctx.counters.delivered(),
+            JobOutcome::Failed { reason, .. } => ctx.counters.failed(reason),
+            JobOutcome::Retry { .. } => {}
         }
     }
     if done.job_completed {
+        ctx.counters
+            .jobs_completed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(job = %item.job_id, "notification job completed");
     }
     Ok(Finished::Done(tally))
+}
+
+/// `finish_send`, retried while the store is unavailable (a Redis restart or
+/// failover) for up to the marker's lease: the outcome of a send that was
+/// made is kept here rather than lost, because a lost outcome means the
+/// target is sent again once the lease ends (the duplicate window).
+async fn record_outcome(
+    ctx: &Ctx,
+    item: &WorkItem,
+    outcome: &JobOutcome,
+) -> StoreResult<botfleet_store::jobs::FinishSend> {
+    let give_up = std::time::Instant::now() + ctx.config.lease;
+    let mut failures = 0u32;
+    loop {
+        match ctx
+            .jobs
+            .finish_send(&item.job_id, &item.target, outcome, now_ms())
+            .await
+        {
+            Err(botfleet_store::jobs::JobStoreError::Unavailable(e))
+                if std::time::Instant::now() < give_up =>
+            {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(job = %item.job_id, error = %e, "notification delivery: cannot record an outcome (job store unavailable); retrying until it is back");
+                }
+                let wait = Duration::from_millis(100)
+                    .saturating_mul(failures.min(10))
+                    .min(Duration::from_secs(1));
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The job-store outcome of a send's result, after reporting what it says
@@ -440,9 +488,11 @@ fn no_anchor(tenant: &str) -> JobOutcome {
     )
 }
 
-/// A 1:1 conversation with the user: created (Teams returns the existing chat
-/// when there is one), its reference stored through the conversation store's
-/// one writer, then the activity sent into it.
+/// A 1:1 conversation with the user: the one an earlier job created when its
+/// reference is stored and active (no create call); else created (Teams
+/// returns the existing chat when there is one), its reference stored through
+/// the conversation store's one writer and remembered for the user, then the
+/// activity sent into it.
 async fn send_to_user(
     ctx: &Ctx,
     bot: &NotifyBot,
@@ -451,6 +501,18 @@ async fn send_to_user(
     user: &UserTarget,
     attempt: u32,
 ) -> JobOutcome {
+    // Lookups are best effort: on a store error the chat is created again.
+    if let Ok(Some(conversation_id)) = ctx
+        .jobs
+        .user_conversation(bot_id, &user.tenant_id, &user.aad_object_id)
+        .await
+    {
+        if let Ok(Some(stored)) = bot.store.get(bot_id, &conversation_id).await {
+            if stored.active {
+                return send_to_reference(ctx, bot, activity, &stored, attempt).await;
+            }
+        }
+    }
     let anchor = match tenant_anchor(ctx, bot, bot_id, &user.tenant_id).await {
         Ok(Some(a)) => a,
         Ok(None) => return no_anchor(&user.tenant_id),
@@ -489,6 +551,16 @@ async fn send_to_user(
         .await;
     let created = match created {
         Ok(c) => c,
+        Err(ConnectorError::Failed(f)) if f.status == 403 && f.code == "ForbiddenOperationException" => {
+            return failed(
+                reasons::APP_NOT_INSTALLED,
+                Some(403),
+                Some(format!(
+                    "Teams refused to create the 1:1 chat (403 ForbiddenOperationException): the user has not installed the app; install it for them (Teams admin center, or Graph's installedApps for the user) and send again. {}",
+                    one_line(&f.message)
+                )),
+            )
+        }
         Err(e) => return classify(ctx, &e, attempt),
     };
     let service_url = created
@@ -523,6 +595,17 @@ async fn send_to_user(
     // Best effort: the send below does not depend on it.
     if let Err(e) = bot.store.upsert(bot_id, &reference, now_ms()).await {
         tracing::warn!(bot = %bot_id, error = %e, "could not store the reference of a created 1:1 conversation; the next notification creates it again");
+    } else if let Err(e) = ctx
+        .jobs
+        .set_user_conversation(
+            bot_id,
+            &user.tenant_id,
+            &user.aad_object_id,
+            &conversation_id,
+        )
+        .await
+    {
+        tracing::warn!(bot = %bot_id, error = %e, "could not remember the 1:1 conversation created with a user; the next notification creates it again");
     }
     let generation = match bot.store.get(bot_id, &conversation_id).await {
         Ok(Some(c)) => c.generation,

@@ -31,7 +31,7 @@
 mod deliver;
 mod fair;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +77,9 @@ pub mod reasons {
     pub const DELIVERY_UNKNOWN: &str = "delivery_unknown";
     /// The reference's serviceUrl is not allowed for the bot.
     pub const SERVICE_URL_REFUSED: &str = "service_url_refused";
+    /// Teams refused to create the 1:1 chat with a user (403
+    /// `ForbiddenOperationException`): the user has not installed the app.
+    pub const APP_NOT_INSTALLED: &str = "app_not_installed";
     /// A user or channel target in a tenant with no stored conversation.
     pub const NO_SERVICE_URL: &str = "no_service_url";
     /// The job's bot is gone or has no outbound credential.
@@ -190,7 +193,8 @@ impl NotifierConfig {
     }
 }
 
-/// Deliveries by how they ended, in this process (for `/metrics`).
+/// Deliveries by how they ended, in this process, and the jobs' state as the
+/// last sweep saw it (for `/metrics`).
 #[derive(Debug, Default)]
 pub struct NotifyCounters {
     pub delivered: AtomicU64,
@@ -199,17 +203,65 @@ pub struct NotifyCounters {
     pub retried: AtomicU64,
     /// Items taken over from a dead consumer.
     pub reclaimed: AtomicU64,
+    /// Attempts throttled: the local rate limiter (the Teams limits) had no
+    /// room, or Teams answered 429.
+    pub throttled: AtomicU64,
+    /// What throttled attempts were told to wait, summed (milliseconds).
+    pub throttled_wait_ms: AtomicU64,
+    /// Jobs whose last outcome this replica recorded (they completed here).
+    pub jobs_completed: AtomicU64,
+    /// Active jobs by state and their targets not final yet, across bots and
+    /// replicas, as of the last sweep (the same on every replica).
+    pub jobs_queued: AtomicU64,
+    pub jobs_running: AtomicU64,
+    pub backlog: AtomicU64,
+    /// Outcomes by (outcome, reason): `delivered` (reason empty), `failed`
+    /// and `retried` with their reason.
+    by_reason: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
+/// Distinct (outcome, reason) pairs counted; further reasons count as `other`
+/// (reasons come from Teams' error codes: a bound keeps /metrics small).
+const MAX_REASONS: usize = 100;
+
 impl NotifyCounters {
+    fn outcome(&self, outcome: &'static str, reason: &str) {
+        // Retry reasons may carry detail after a colon; the metric keeps the code.
+        let reason = reason.split(':').next().unwrap_or("").trim();
+        let mut map = self.by_reason.lock();
+        let key = (outcome, reason.to_owned());
+        if map.contains_key(&key) || map.len() < MAX_REASONS {
+            *map.entry(key).or_default() += 1;
+        } else {
+            *map.entry((outcome, "other".to_owned())).or_default() += 1;
+        }
+    }
     fn delivered(&self) {
         self.delivered.fetch_add(1, Relaxed);
+        self.outcome("delivered", "");
     }
-    fn failed(&self) {
+    fn failed(&self, reason: &str) {
         self.failed.fetch_add(1, Relaxed);
+        self.outcome("failed", reason);
     }
-    fn retried(&self) {
+    fn retried(&self, reason: &str) {
         self.retried.fetch_add(1, Relaxed);
+        self.outcome("retried", reason);
+    }
+    fn throttled(&self, wait: Duration) {
+        self.throttled.fetch_add(1, Relaxed);
+        self.throttled_wait_ms
+            .fetch_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Outcomes so far by (outcome, reason), e.g. `("failed",
+    /// "conversation_not_found")`; `delivered` has an empty reason.
+    pub fn by_reason(&self) -> Vec<((&'static str, String), u64)> {
+        self.by_reason
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 
@@ -298,6 +350,11 @@ impl Notifier {
 
     pub fn counters(&self) -> &Arc<NotifyCounters> {
         &self.ctx.counters
+    }
+
+    /// Work items this process holds (taken, not finished).
+    pub fn in_hand(&self) -> usize {
+        self.ctx.in_hand.load(Relaxed)
     }
 
     /// This process's consumer name in the job store.
@@ -491,6 +548,8 @@ async fn sweep_loop(ctx: Arc<Ctx>) {
     loop {
         tick.tick().await;
         let mut cursor: Option<String> = None;
+        let (mut queued, mut running, mut backlog) = (0u64, 0u64, 0u64);
+        let mut complete_listing = false;
         loop {
             let page = match ctx.jobs.active_jobs(cursor.as_deref(), 200, now_ms()).await {
                 Ok(p) => p,
@@ -500,6 +559,12 @@ async fn sweep_loop(ctx: Arc<Ctx>) {
                 }
             };
             for job in page.items {
+                match job.state {
+                    JobState::Queued => queued += 1,
+                    _ => running += 1,
+                }
+                let c = &job.counts;
+                backlog += c.pending + c.sending + c.retrying;
                 if job.expansion.complete || ctx.expanding.lock().contains(&job.id) {
                     continue;
                 }
@@ -524,8 +589,17 @@ async fn sweep_loop(ctx: Arc<Ctx>) {
             }
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
-                None => break,
+                None => {
+                    complete_listing = true;
+                    break;
+                }
             }
+        }
+        if complete_listing {
+            let c = &ctx.counters;
+            c.jobs_queued.store(queued, Relaxed);
+            c.jobs_running.store(running, Relaxed);
+            c.backlog.store(backlog, Relaxed);
         }
     }
 }
@@ -727,7 +801,8 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut items: mpsc::Receiver<Vec<Resolved>>) 
                         }
                     }
                     Finished::Requeue(r, wait) => {
-                        ctx.counters.retried();
+                        ctx.counters.retried(reasons::THROTTLED);
+                        ctx.counters.throttled(wait);
                         queue.push_front(&tenant, *r);
                         queue.pause(&tenant, Instant::now() + wait);
                     }

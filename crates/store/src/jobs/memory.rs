@@ -43,6 +43,8 @@ struct Inner {
     /// (created_at_ms, job id) of jobs not known final yet, oldest first;
     /// final ones are dropped when `active_jobs` meets them.
     active: BTreeSet<(u64, String)>,
+    /// (bot, tenant, user) -> the 1:1 conversation created with them.
+    user_conversations: HashMap<(String, String, String), String>,
     ready: VecDeque<WorkItem>,
     taken: BTreeMap<u64, Taken>,
     due: BTreeMap<(u64, u64), WorkItem>,
@@ -326,6 +328,31 @@ impl JobStore for MemoryJobStore {
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         job.expansion_claim = Some((consumer.to_owned(), now_ms.saturating_add(lease_ms)));
         Ok(true)
+    }
+
+    async fn user_conversation(
+        &self,
+        bot_id: &str,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, JobStoreError> {
+        let key = (bot_id.to_owned(), tenant_id.to_owned(), user_id.to_owned());
+        Ok(self.inner.lock().user_conversations.get(&key).cloned())
+    }
+
+    async fn set_user_conversation(
+        &self,
+        bot_id: &str,
+        tenant_id: &str,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), JobStoreError> {
+        let key = (bot_id.to_owned(), tenant_id.to_owned(), user_id.to_owned());
+        self.inner
+            .lock()
+            .user_conversations
+            .insert(key, conversation_id.to_owned());
+        Ok(())
     }
 
     async fn set_state(

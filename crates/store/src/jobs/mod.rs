@@ -547,6 +547,27 @@ pub trait JobStore: Send + Sync {
         now_ms: u64,
     ) -> Result<bool, JobStoreError>;
 
+    /// The 1:1 conversation botfleet created with user `user_id` (Entra object
+    /// id or `29:` id) of `tenant_id` for `bot_id`, if one was remembered
+    /// ([`JobStore::set_user_conversation`]): later `users` jobs send to its
+    /// stored reference instead of creating the chat again.
+    async fn user_conversation(
+        &self,
+        bot_id: &str,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, JobStoreError>;
+
+    /// Remembers the 1:1 conversation created with a user (replacing any
+    /// earlier one: Teams answers a create with the chat that exists).
+    async fn set_user_conversation(
+        &self,
+        bot_id: &str,
+        tenant_id: &str,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), JobStoreError>;
+
     /// Moves a job to `state` (`Running` sets `started_at_ms` once; a final
     /// state sets `finished_at_ms`; `error` is kept for `Failed`). A final job
     /// stays as it is (returns it unchanged). `NotFound` when there is no job.

@@ -20,6 +20,7 @@
 //! | `<P>bf1:jobs:{<J>}:ix:all`, `...:ix:<kind>` | ZSET | target keys (all / by state), score 0: lexicographic pages |
 //! | `<P>bf1:jobs:bot:{<B>}:idem` | HASH | hex SHA-256 of the idempotency key -> `{"j":job id,"h":body hash}` |
 //! | `<P>bf1:jobs:bot:{<B>}:list` | ZSET | job ids scored by creation time (ms) |
+//! | `<P>bf1:jobs:bot:{<B>}:users` | HASH | `<tenant>\n<user>` -> the 1:1 conversation id created with them |
 //! | `<P>bf1:jobs:{a}:active` | ZSET | ids of jobs not known final, scored by creation time (ms): what sweeps read |
 //! | `<P>bf1:jobs:{q}:work` | STREAM | one entry per work item: `j` job id, `t` target JSON, `a` attempt; consumer group [`JobStoreOptions::group`] |
 //! | `<P>bf1:jobs:{q}:due` | ZSET | rescheduled items (`<job>\n<attempt>\n<nonce>\n<target JSON>`) scored by due time (ms) |
@@ -1042,6 +1043,39 @@ impl JobStore for RedisJobStore {
             "granted" => Ok(true),
             _ => Ok(false),
         }
+    }
+
+    async fn user_conversation(
+        &self,
+        bot_id: &str,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, JobStoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("HGET")
+            .arg(self.bot_key(bot_id, "users"))
+            .arg(format!("{tenant_id}\n{user_id}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn set_user_conversation(
+        &self,
+        bot_id: &str,
+        tenant_id: &str,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), JobStoreError> {
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.bot_key(bot_id, "users"))
+            .arg(format!("{tenant_id}\n{user_id}"))
+            .arg(conversation_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn set_state(
