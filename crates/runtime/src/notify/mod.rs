@@ -25,8 +25,9 @@
 //!   [`crate::delivery::report_outcome`], records the outcome
 //!   (`finish_send`) and only then acknowledges the item;
 //! - the **reclaimer** takes over items a dead replica left unacknowledged,
-//!   and the **sweeper** adopts jobs whose expansion stopped (their expander's
-//!   replica died).
+//!   and the **sweeper** reads the store's index of active jobs and adopts
+//!   those whose expansion claim ran out (their expander's replica died); an
+//!   expander renews its claim before every page, so one job has one expander.
 
 mod deliver;
 mod fair;

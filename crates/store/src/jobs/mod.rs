@@ -42,9 +42,12 @@
 //! counts. A second work item for the same target (a reclaim, a re-expanded
 //! page) finds `Sending` (a live sender: not sent again) or a final state (not
 //! sent again). The one window in which a target can be sent twice: the sender
-//! dies after the connector accepted the activity and before `finish_send`
-//! recorded it (one store round trip, about a millisecond on a local Redis).
-//! The marker then stays `Sending` until its lease ends, and the next
+//! dies while its send is in flight, after the request left and before
+//! `finish_send` recorded the outcome (the connector call plus one store round
+//! trip: Teams may have accepted a request whose answer never arrived). A
+//! live sender that cannot reach the store keeps retrying `finish_send`, so a
+//! store outage alone does not open the window. The marker then stays
+//! `Sending` until its lease ends, and the next
 //! `begin_send` after the lease takes it over (`Begun { takeover: true }`) and
 //! sends again. Without the takeover a target whose sender died *before*
 //! sending would never be delivered, so the window is the price of never losing one.
