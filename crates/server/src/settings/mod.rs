@@ -1229,4 +1229,56 @@ mod tests {
             "{shown}"
         );
     }
+
+    #[test]
+    fn redis_urls_from_a_file_or_a_variable() {
+        // A mounted Secret: one URL per line, or comma-separated, final newline.
+        let file = write(
+            "redis://u:hunter2@a:6379\nredis://u:hunter2@b:6379, redis://u:hunter2@c:6379\n\n",
+        );
+        let path = file.path().display().to_string();
+        let c = load_text(
+            &format!("[store]\nbackend = \"redis\"\nredis_urls_file = \"{path}\"\n"),
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(
+            c.settings.store.redis_urls,
+            [
+                "redis://u:hunter2@a:6379",
+                "redis://u:hunter2@b:6379",
+                "redis://u:hunter2@c:6379"
+            ]
+        );
+        assert!(!c.effective_toml().contains("hunter2"));
+        let c = load_text(
+            "[store]\nbackend = \"redis\"\nredis_urls_env = \"REDIS\"\n",
+            &[("REDIS", "redis://x:6379,redis://y:6379")],
+        )
+        .expect("loads");
+        assert_eq!(
+            c.settings.store.redis_urls,
+            ["redis://x:6379", "redis://y:6379"]
+        );
+        // Both spellings, an unset variable, or an empty file: the key is named.
+        let e = only_error(load_text(
+            "[store]\nredis_urls = [\"redis://a\"]\nredis_urls_env = \"REDIS\"\n",
+            &[("REDIS", "redis://b")],
+        ));
+        assert!(e.key.starts_with("store.redis_urls"), "{e}");
+        let e = only_error(load_text(
+            "[store]\nbackend = \"redis\"\nredis_urls_env = \"NOPE\"\n",
+            &[],
+        ));
+        assert_eq!(e.key, "store.redis_urls_env");
+        let empty = write("\n");
+        let e = only_error(load_text(
+            &format!(
+                "[store]\nbackend = \"redis\"\nredis_urls_file = \"{}\"\n",
+                empty.path().display()
+            ),
+            &[],
+        ));
+        assert_eq!(e.key, "store.redis_urls_file");
+    }
 }

@@ -22,7 +22,26 @@ pub const ENV_PREFIX: &str = "BOTFLEET__";
 
 /// Keys whose value is a secret and that may instead be given as `KEY_file`
 /// (a path, e.g. a Kubernetes secret mount) or `KEY_env` (a variable name).
-pub const SECRET_KEYS: [&str; 3] = ["app_password", "secret", "bootstrap_key"];
+/// `redis_urls` is a list (its URLs may carry a password): its file or
+/// variable holds the URLs one per line or comma-separated.
+pub const SECRET_KEYS: [&str; 4] = ["app_password", "secret", "bootstrap_key", "redis_urls"];
+
+/// The TOML value a secret read from a file or a variable becomes: a string,
+/// or for a list key (`redis_urls`) the entries split on newlines and commas,
+/// trimmed, blanks dropped.
+fn secret_value(stem: &str, text: &str) -> Value {
+    if LIST_KEYS.contains(&stem) {
+        Value::Array(
+            text.split(['\n', ','])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        )
+    } else {
+        Value::String(text.to_owned())
+    }
+}
 
 /// Duration keys whose old spelling `KEY_ms` / `KEY_secs` (a whole number) is
 /// still read: renamed, converted, and noted so the user can update the file.
@@ -711,7 +730,7 @@ fn resolve_secrets(
                     };
                     table.insert(
                         stem.to_owned(),
-                        Value::String(text.trim_end_matches(['\r', '\n']).to_owned()),
+                        secret_value(stem, text.trim_end_matches(['\r', '\n'])),
                     );
                     origins.set(join(parent, stem), origin);
                 }
@@ -739,7 +758,7 @@ fn resolve_secrets(
                         key: via_key(&env_key),
                         via: via(&env_key, origins),
                     };
-                    table.insert(stem.to_owned(), Value::String(secret.to_owned()));
+                    table.insert(stem.to_owned(), secret_value(stem, secret));
                     origins.set(join(parent, stem), origin);
                 }
                 None => errors.push(ConfigError::new(
