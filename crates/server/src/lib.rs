@@ -268,6 +268,7 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         config_bots,
         settings.clouds.clone(),
         Environment::process(),
+        settings.admin.credential_dirs.clone(),
     ));
     match follower.sync().await {
         Ok(_) => {

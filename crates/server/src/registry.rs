@@ -39,7 +39,9 @@ use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _};
 use thiserror::Error;
 
-use crate::settings::{BotSettings, Environment, HandlerSettings, PreparedBot, PreparedCredential};
+use crate::settings::{
+    BotSettings, CredentialFiles, Environment, HandlerSettings, PreparedBot, PreparedCredential,
+};
 
 /// Why one bot could not be built. The message names the bot's key that is
 /// wrong (`credential.private_key_file: cannot read ...`), never a secret.
@@ -234,6 +236,10 @@ pub struct RegistryFollower {
     custom_clouds: Vec<Cloud>,
     /// For workload and managed identity credentials of registrations.
     env: Environment,
+    /// `admin.credential_dirs`: a stored registration is held to the same
+    /// rule as when it was registered, so one registered before a directory
+    /// left the list does not keep reading files there.
+    credential_dirs: Vec<std::path::PathBuf>,
     /// Serialises syncs: one reader of the registry at a time.
     applied: tokio::sync::Mutex<HashMap<String, Applied>>,
     status: parking_lot::Mutex<RegistryStatus>,
@@ -250,6 +256,7 @@ impl RegistryFollower {
         config_bots: Vec<BuiltBot>,
         custom_clouds: Vec<Cloud>,
         env: Environment,
+        credential_dirs: Vec<std::path::PathBuf>,
     ) -> Self {
         Self {
             factory,
@@ -259,6 +266,7 @@ impl RegistryFollower {
             config_bots,
             custom_clouds,
             env,
+            credential_dirs,
             applied: tokio::sync::Mutex::new(HashMap::new()),
             status: parking_lot::Mutex::new(RegistryStatus::default()),
         }
@@ -459,7 +467,11 @@ impl RegistryFollower {
             )));
         }
         let prepared = settings
-            .prepare(&self.custom_clouds, &self.env)
+            .prepare_with(
+                &self.custom_clouds,
+                &self.env,
+                CredentialFiles::Within(&self.credential_dirs),
+            )
             .map_err(|errors| {
                 BuildError(
                     errors

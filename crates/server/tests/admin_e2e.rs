@@ -417,7 +417,9 @@ async fn a_registration_one_replica_cannot_build_is_skipped_there_and_retried() 
         json!({"appId": APP_ID, "certificatePem": public}),
     )
     .await;
-    let a = start_replica(&sim.url, &prefix, "");
+    // Registrations may name credential files only inside admin.credential_dirs.
+    let dirs = format!("credential_dirs = [\"{}\"]", dir.path().display());
+    let a = start_replica(&sim.url, &prefix, &dirs);
     let conv = "a:admin-e2e-cert";
     register(&sim.url, &[(conv, TENANT)]).await;
     let (status, _, body) = admin(
@@ -442,7 +444,11 @@ async fn a_registration_one_replica_cannot_build_is_skipped_there_and_retried() 
     // A replica where the key file is missing: it starts, is ready, says why
     // it does not serve the bot, and refuses the bot's tokens.
     std::fs::remove_file(&key_file).expect("remove key");
-    let c = start_replica(&sim.url, &prefix, "registry_poll = \"200ms\"");
+    let c = start_replica(
+        &sim.url,
+        &prefix,
+        &format!("registry_poll = \"200ms\"\n{dirs}"),
+    );
     let ready = get_json(format!("{}/readyz", c.admin_url())).await;
     assert_eq!(ready["ready"], true, "{ready}");
     assert_eq!(ready["registry"]["failed"], json!(["cert"]), "{ready}");
@@ -648,7 +654,7 @@ async fn the_bootstrap_key_comes_from_a_file_or_variable_and_is_never_shown() {
         stdout.contains("bootstrap_key = \"[redacted]\""),
         "{stdout}"
     );
-    assert!(stdout.contains("audit_retention = \"30days\""), "{stdout}");
+    assert!(stdout.contains("audit_retention = \"30d\""), "{stdout}");
     assert!(stdout.contains("registry_poll = \"5s\""), "{stdout}");
 
     // The file's key opens the admin API of a running botfleet.
