@@ -85,7 +85,9 @@ pub struct BotRegistration {
 pub enum CredentialSpec {
     /// Client secret.
     Secret { secret: String },
-    /// Certificate: PEM files on the botfleet host; `certificate_file` or
+    /// Certificate: PEM files on every botfleet host, absolute paths inside
+    /// one of `admin.credential_dirs` (refused otherwise, with one message that
+    /// does not say whether the file exists); `certificate_file` or
     /// `thumbprint` gives the `x5t` Entra matches.
     Certificate {
         private_key_file: String,
