@@ -21,6 +21,7 @@ pub mod notify;
 pub mod problem;
 pub mod registry;
 pub mod settings;
+pub mod shutdown;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,8 @@ pub struct AppState {
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     /// Delivers notification jobs (kept so its tasks live as long as the server).
     pub notifier: Arc<botfleet_runtime::notify::Notifier>,
+    /// Set on SIGTERM/SIGINT: `/readyz` answers 503 from then on.
+    pub draining: Arc<shutdown::Draining>,
 }
 
 impl AppState {
@@ -331,6 +334,7 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         config_key_urls,
         rejections: Mutex::new(BTreeMap::new()),
         notifier,
+        draining: Arc::default(),
     })
 }
 
@@ -483,6 +487,11 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 async fn readiness(state: &AppState) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    if state.draining.is_draining() {
+        // First, and without waiting on Redis: the platform must see it at once.
+        problems.push("shutting down".to_owned());
+        return (problems, warnings);
+    }
     if let Some(redis) = &state.redis {
         if let Err(e) = redis.ping().await {
             problems.push(format!("redis: {e}"));
@@ -560,7 +569,10 @@ fn operations(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
 /// scrapers, not Teams' traffic.
 const ADMIN_WORKERS: usize = 2;
 
-/// Serves until SIGINT/SIGTERM. Prints one JSON line
+/// Serves until SIGINT/SIGTERM, then shuts down gracefully within
+/// `server.shutdown_grace` ([`shutdown`]: readiness off at once, the public
+/// listener accepting for `server.shutdown_delay`, in-flight requests
+/// finished). Prints one JSON line
 /// `{"ready":true,"url":"http://PUBLIC","admin_url":"http://ADMIN"}` on stdout
 /// once `/readyz` would answer 200 (both listeners bound, Redis reachable,
 /// signing keys loaded), so scripts and tests can find port-0 listeners and
@@ -568,6 +580,10 @@ const ADMIN_WORKERS: usize = 2;
 pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
     let server = config.settings.server.clone();
     let state = web::Data::new(build(config).await?);
+    let timings = shutdown::Timings {
+        delay: server.shutdown_delay,
+        grace: server.shutdown_grace,
+    };
 
     let public_state = state.clone();
     let admin_on_public = server.admin_on_public;
@@ -583,7 +599,9 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
             })
             .default_service(web::to(problem::not_found))
     })
-    .shutdown_timeout(15);
+    // Signals are handled by `shutdown::on_signal`, in its order.
+    .disable_signals()
+    .shutdown_timeout(timings.drain_secs());
     if server.workers > 0 {
         public = public.workers(server.workers);
     }
@@ -604,7 +622,8 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
             .default_service(web::to(problem::not_found))
     })
     .workers(ADMIN_WORKERS)
-    .shutdown_timeout(15)
+    .disable_signals()
+    .shutdown_timeout(timings.drain_secs())
     .bind(&server.admin_listen)
     .map_err(|source| StartError::Bind {
         addr: server.admin_listen.clone(),
@@ -628,8 +647,14 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
         );
     }
     let (public, admin) = (public.run(), admin.run());
+    let (public_handle, admin_handle) = (public.handle(), admin.handle());
+    let draining = state.draining.clone();
     actix_web::rt::spawn(announce_when_ready(state, url, admin_url));
-    // SIGINT/SIGTERM stop both servers (each listens for them).
+    actix_web::rt::spawn(async move {
+        // The notifier exposes no stop yet: its tasks end with the process,
+        // and items it took stay pending for another replica to reclaim.
+        shutdown::on_signal(&draining, timings, public_handle, admin_handle, async {}).await;
+    });
     let (public, admin) = futures::future::join(public, admin).await;
     public?;
     admin?;

@@ -89,6 +89,17 @@ pub struct ServerSettings {
     /// HTTP worker threads; 0 = one per CPU.
     pub workers: usize,
     pub log_format: LogFormat,
+    /// After SIGTERM/SIGINT, how long the public listener keeps accepting
+    /// while `/readyz` already answers 503, so the platform removes this
+    /// replica from its endpoints before connections are refused (see
+    /// docs/operations.md).
+    #[serde(with = "duration")]
+    pub shutdown_delay: Duration,
+    /// Longest time from the signal to exit: the delay, in-flight requests,
+    /// notification work handed back. Keep it below the platform's kill
+    /// deadline (Kubernetes `terminationGracePeriodSeconds`, default 30 s).
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerSettings {
@@ -101,6 +112,8 @@ impl Default for ServerSettings {
             handler_deadline: Duration::from_secs(10),
             workers: 0,
             log_format: LogFormat::Text,
+            shutdown_delay: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(25),
         }
     }
 }
@@ -656,6 +669,15 @@ impl Settings {
                 format!(
                     "is the address of server.listen ({}): give the admin listener its own port, or set server.admin_on_public = true to serve the admin routes on the public listener as well",
                     s.listen
+                ),
+            );
+        }
+        if s.shutdown_grace <= s.shutdown_delay || s.shutdown_grace > Duration::from_secs(3600) {
+            fail(
+                "server.shutdown_grace",
+                format!(
+                    "must be longer than server.shutdown_delay ({}) and at most 1h: in-flight requests need time after the listener stops accepting",
+                    duration::format(s.shutdown_delay)
                 ),
             );
         }
@@ -1228,6 +1250,26 @@ mod tests {
             shown.contains("redis://user:%5Bredacted%5D@r:6379") || shown.contains("[redacted]"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn shutdown_timings() {
+        let c = load_with(None, &Environment::default()).expect("defaults load");
+        assert_eq!(c.settings.server.shutdown_delay, Duration::from_secs(5));
+        assert_eq!(c.settings.server.shutdown_grace, Duration::from_secs(25));
+        let c = load_text(
+            "[server]\nshutdown_delay = \"0s\"\nshutdown_grace = \"2s\"\n",
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(c.settings.server.shutdown_grace, Duration::from_secs(2));
+        // No time left for in-flight requests after the delay.
+        let e = only_error(load_text(
+            "[server]\nshutdown_delay = \"30s\"\nshutdown_grace = \"30s\"\n",
+            &[],
+        ));
+        assert_eq!(e.key, "server.shutdown_grace");
+        assert!(e.problem.contains("30s"), "{e}");
     }
 
     #[test]
