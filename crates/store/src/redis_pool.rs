@@ -185,3 +185,24 @@ pub mod testing {
         )
     }
 }
+
+/// One page of a lexicographic index and the two hash fields of each member, in
+/// one round trip: the listing shape the conversation store (references and
+/// their metadata) and the job store (targets and their delivery states) share.
+///
+/// KEYS: ordering zset, first hash, second hash. ARGV: `ZRANGEBYLEX` min (e.g.
+/// `(last-member` to continue after it, `-` from the start), count.
+/// Returns flat (member, first hash value, second hash value) triples.
+pub(crate) const PAGE_BY_LEX: &str = r#"
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+if #ids == 0 then return out end
+local first = redis.call('HMGET', KEYS[2], unpack(ids))
+local second = redis.call('HMGET', KEYS[3], unpack(ids))
+for i, id in ipairs(ids) do
+  out[#out + 1] = id
+  out[#out + 1] = first[i]
+  out[#out + 1] = second[i]
+end
+return out
+"#;

@@ -192,22 +192,6 @@ end
 return {'applied', string.format('%d', g)}
 "#;
 
-/// KEYS: ordering zset, refs, meta. ARGV: ZRANGEBYLEX min, count.
-/// Returns id, reference, meta triples.
-const LIST: &str = r#"
-local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-if #ids == 0 then return out end
-local refs = redis.call('HMGET', KEYS[2], unpack(ids))
-local metas = redis.call('HMGET', KEYS[3], unpack(ids))
-for i, id in ipairs(ids) do
-  out[#out + 1] = id
-  out[#out + 1] = refs[i]
-  out[#out + 1] = metas[i]
-end
-return out
-"#;
-
 /// KEYS: refs, meta. ARGV: id.
 const GET: &str = r#"
 return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
@@ -302,7 +286,8 @@ impl RedisConversationStore {
             prefix,
             record: Script::new(&format!("{PRELUDE}{RECORD}")),
             outcome: Script::new(&format!("{PRELUDE}{OUTCOME}")),
-            list: Script::new(LIST),
+            // KEYS: ordering zset, refs, meta -> (id, reference, meta) triples.
+            list: Script::new(crate::redis_pool::PAGE_BY_LEX),
             get: Script::new(GET),
         }
     }

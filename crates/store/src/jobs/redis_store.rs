@@ -212,22 +212,6 @@ end
 return tostring(redis.call('ZCARD', IX['pending']) + redis.call('ZCARD', IX['retrying']))
 "#;
 
-/// KEYS: zset, targets, st. ARGV: ZRANGEBYLEX min, count.
-/// Returns (key, target json, st json) triples.
-const LIST_TARGETS: &str = r#"
-local keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-if #keys == 0 then return out end
-local t = redis.call('HMGET', KEYS[2], unpack(keys))
-local s = redis.call('HMGET', KEYS[3], unpack(keys))
-for i, key in ipairs(keys) do
-  out[#out + 1] = key
-  out[#out + 1] = t[i]
-  out[#out + 1] = s[i]
-end
-return out
-"#;
-
 /// Job KEYS. ARGV: target key, entry id, consumer, lease ms, now.
 /// Returns {'unknown'}, {'final', kind}, {'not_due', at}, {'in_flight', entry, since}
 /// or {'begun', attempt, takeover 0/1}.
@@ -528,7 +512,8 @@ impl RedisJobStore {
                 set_expansion: job(SET_EXPANSION),
                 add_targets: job(ADD_TARGETS),
                 cancel: job(CANCEL),
-                list_targets: Script::new(LIST_TARGETS),
+                // KEYS: zset, targets, st -> (key, target json, st json) triples.
+                list_targets: Script::new(crate::redis_pool::PAGE_BY_LEX),
                 begin: job(BEGIN),
                 finish: job(FINISH),
                 enqueue: Script::new(ENQUEUE),
