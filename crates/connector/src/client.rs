@@ -559,6 +559,22 @@ impl BotClient {
                                         tracing::warn!(error = %e, "could not record the 429 in the rate limiter");
                                     }
                                 }
+                                // Teams is pacing us: a caller that reschedules gets it
+                                // at once instead of a call held for Retry-After.
+                                if policy.return_throttling
+                                    && (status == 429 || (status == 503 && retry_after.is_some()))
+                                {
+                                    return Err(if maybe_delivered {
+                                        unknown(
+                                            attempts,
+                                            format!("HTTP {status} before the next resend"),
+                                        )
+                                    } else {
+                                        ConnectorError::Failed(Box::new(failure(
+                                            Action::RetryLater,
+                                        )))
+                                    });
+                                }
                                 (retry_after, LastFailure::Http(failure(Action::RetryLater)))
                             }
                         }

@@ -73,6 +73,13 @@ pub struct RetryPolicy {
     /// Longest wait for the local rate limiter per request; a longer wait
     /// returns [`crate::ConnectorError::Throttled`] so the caller can reschedule.
     pub max_rate_limit_wait: Duration,
+    /// When true, Teams throttling (a 429, or a 503 carrying `Retry-After`)
+    /// is not waited for within the call: it comes back at once as
+    /// [`crate::ConnectorError::Failed`] with `action: RetryLater`, its status
+    /// and `retry_after` (the header's value when given), so a caller with a
+    /// queue (the notifier) reschedules it and serves other work meanwhile.
+    /// False (the default, replies): wait `Retry-After` and retry in the call.
+    pub return_throttling: bool,
 }
 
 impl Default for RetryPolicy {
@@ -85,6 +92,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
             max_rate_limit_wait: Duration::from_secs(30),
+            return_throttling: false,
         }
     }
 }

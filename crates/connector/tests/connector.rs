@@ -282,6 +282,7 @@ fn fast_retry() -> RetryPolicy {
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
         max_rate_limit_wait: Duration::from_secs(30),
+        return_throttling: false,
     }
 }
 
@@ -362,6 +363,52 @@ async fn calls_use_the_documented_routes_with_encoded_ids() {
     assert!(r.iter().all(|r| r.auth == "Bearer tok-1"));
     assert_eq!(h.fetches(), 1, "one token for every call");
     assert_eq!(h.fake.delivered()[0].1["text"], "hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_return_throttling_a_429_and_a_503_with_retry_after_come_back_at_once() {
+    let h = Harness::new();
+    let bot = h.bot(|s| {
+        s.with_retry(RetryPolicy {
+            return_throttling: true,
+            ..fast_retry()
+        })
+    });
+    h.fake.push(Reply::Status {
+        status: 429,
+        body: json!({"error": {"code": "Throttled", "message": "slow down"}}),
+        retry_after: Some("7".into()),
+    });
+    let t0 = Instant::now();
+    let e = bot.send(&h.target("a:one"), &msg("one")).await.unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(2), "the call waited");
+    match &e {
+        ConnectorError::Failed(f) => {
+            assert_eq!(
+                (f.status, f.action, f.attempts),
+                (429, Action::RetryLater, 1)
+            );
+            assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
+        }
+        other => panic!("expected Failed 429, got {other:?}"),
+    }
+    h.fake.push(Reply::Status {
+        status: 503,
+        body: json!({}),
+        retry_after: Some("2".into()),
+    });
+    let e = bot.send(&h.target("a:two"), &msg("two")).await.unwrap_err();
+    assert_eq!(e.status(), Some(503));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+    // A 503 without Retry-After is still retried within the call.
+    h.fake.push(Reply::Status {
+        status: 503,
+        body: json!({}),
+        retry_after: None,
+    });
+    let ok = bot.send(&h.target("a:three"), &msg("three")).await.unwrap();
+    assert_eq!(ok.attempts, 2);
+    assert_eq!(h.fake.delivered().len(), 1, "only the third was delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

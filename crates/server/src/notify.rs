@@ -25,8 +25,10 @@ pub struct NotifyClients(Arc<RwLock<HashMap<String, BotClient>>>);
 impl NotifyClients {
     /// Records the notification client of bot `id`: its connector settings
     /// with the replies' retry policy, except that a rate-limit wait longer
-    /// than [`NotifierConfig::max_rate_limit_wait`] comes back as `Throttled`
-    /// (the notifier reschedules it instead of holding a worker).
+    /// than [`NotifierConfig::max_rate_limit_wait`] comes back as `Throttled`,
+    /// and Teams throttling (429, 503 with `Retry-After`) comes back at once
+    /// (`RetryPolicy::return_throttling`): the notifier reschedules both
+    /// instead of holding a worker. Replies keep waiting within the call.
     pub(crate) fn insert(
         &self,
         id: &str,
@@ -36,6 +38,7 @@ impl NotifyClients {
     ) {
         let retry = RetryPolicy {
             max_rate_limit_wait: NotifierConfig::default().max_rate_limit_wait,
+            return_throttling: true,
             ..retry.clone()
         };
         let client = connector.bot(settings.with_retry(retry));

@@ -438,6 +438,20 @@ async fn half_the_sends_answered_429_with_retry_after_all_arrive_once() {
     let sent = sends_by_conversation(&sim.url, "throttled").await;
     assert_eq!(sent.len(), 20);
     assert!(sent.values().all(|n| *n == 1), "{sent:?}");
+    // Every 429 came back to the notifier at once and was rescheduled (the
+    // target `retrying` until its Retry-After), not waited for inside the
+    // call: one throttled reschedule per 429 at least (local throttles add).
+    let rescheduled = metric(
+        bf.admin_url(),
+        "botfleet_notification_deliveries_total{outcome=\"retried\",reason=\"throttled\"}",
+    )
+    .await;
+    assert!(
+        rescheduled >= throttled as f64,
+        "{throttled} answers 429 but {rescheduled} throttled reschedules"
+    );
+    let counted = metric(bf.admin_url(), "botfleet_notification_throttled_total").await;
+    assert!(counted >= throttled as f64, "throttled_total {counted}");
 }
 
 #[actix_web::test]

@@ -40,7 +40,8 @@ pub(crate) enum Lookup {
 pub(crate) enum Finished {
     /// Recorded and acknowledged (or rescheduled through the store): done here.
     Done(Tally),
-    /// Throttled by the local rate limiter for a short while: the item stays
+    /// Throttled (by the local rate limiter, or Teams answered 429 / 503 with
+    /// `Retry-After`) for a short while: the item stays
     /// here (its target is `Retrying` in the store), back at the head of its
     /// tenant's queue, and the tenant pauses for `wait`.
     Requeue(Box<Resolved>, Duration),
@@ -89,7 +90,12 @@ pub(crate) fn classify(ctx: &Ctx, error: &ConnectorError, attempt: u32) -> JobOu
     let status = error.status();
     let now = now_ms();
     let retry = |reason: &str, hint: Option<Duration>| {
-        if attempt >= ctx.config.max_attempts {
+        let limit = if reason == reasons::THROTTLED {
+            ctx.config.max_throttled_attempts
+        } else {
+            ctx.config.max_attempts
+        };
+        if attempt >= limit {
             return failed(
                 reasons::RETRIES_EXHAUSTED,
                 status,
@@ -115,8 +121,11 @@ pub(crate) fn classify(ctx: &Ctx, error: &ConnectorError, attempt: u32) -> JobOu
             Action::DeactivateReference => {
                 failed(&snake(&f.code), Some(f.status), Some(one_line(error)))
             }
+            // The notifier's client returns Teams throttling at once (see
+            // `RetryPolicy::return_throttling`): rescheduled here for its
+            // Retry-After, the worker free for other tenants meanwhile.
             Action::RetryLater => retry(
-                if f.status == 429 {
+                if f.status == 429 || (f.status == 503 && f.retry_after.is_some()) {
                     reasons::THROTTLED
                 } else {
                     reasons::TRANSIENT

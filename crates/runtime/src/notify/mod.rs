@@ -61,7 +61,8 @@ pub mod reasons {
     /// The stored reference is inactive (uninstalled, removed, or an earlier
     /// 403/404): nothing was sent.
     pub const REFERENCE_INACTIVE: &str = "reference_inactive";
-    /// The local rate limiter (the Teams limits) had no room yet: retried.
+    /// The local rate limiter (the Teams limits) had no room yet, or Teams
+    /// answered 429 (or 503 with `Retry-After`): rescheduled for then.
     pub const THROTTLED: &str = "throttled";
     /// A 5xx, a timeout before sending, a token or Redis hiccup: retried.
     pub const TRANSIENT: &str = "transient";
@@ -137,6 +138,11 @@ pub struct NotifierConfig {
     pub expand_ahead: u64,
     /// Attempts (transient failures) before a target fails `retries_exhausted`.
     pub max_attempts: u32,
+    /// Attempts before a target that Teams keeps throttling (429, or 503
+    /// with `Retry-After`) fails `retries_exhausted`. Higher than
+    /// [`NotifierConfig::max_attempts`]: throttling is Teams pacing the
+    /// tenant, not the target failing, and each one waits its `Retry-After`.
+    pub max_throttled_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     /// A throttled item waiting at most this long stays in this process
@@ -161,6 +167,7 @@ impl Default for NotifierConfig {
             expand_page: 500,
             expand_ahead: 2000,
             max_attempts: 8,
+            max_throttled_attempts: 30,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
             local_requeue_max: Duration::from_secs(3),
