@@ -22,6 +22,7 @@ pub mod problem;
 pub mod registry;
 pub mod settings;
 pub mod shutdown;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -65,6 +66,8 @@ pub enum StartError {
         key: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot use the TLS certificate: {0}")]
+    Tls(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -475,6 +478,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         registry.store_failures
     );
     notify::write_metrics(&mut out, &state.notifier);
+    tls::write_metrics(&mut out);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)
@@ -605,13 +609,32 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
     if server.workers > 0 {
         public = public.workers(server.workers);
     }
-    let public = public
-        .bind(&server.listen)
-        .map_err(|source| StartError::Bind {
-            addr: server.listen.clone(),
-            key: "server.listen",
-            source,
-        })?;
+    let bind_error = |source| StartError::Bind {
+        addr: server.listen.clone(),
+        key: "server.listen",
+        source,
+    };
+    let (public, scheme) = match &server.tls {
+        None => (public.bind(&server.listen).map_err(bind_error)?, "http"),
+        Some(tls) => {
+            let resolver = tls::CertResolver::new(&tls.cert_file, &tls.key_file)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let config = resolver
+                .server_config()
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            resolver.spawn_reloader(
+                tls.cert_file.clone(),
+                tls.key_file.clone(),
+                tls.reload_interval,
+            );
+            (
+                public
+                    .bind_rustls_0_23(&server.listen, config)
+                    .map_err(bind_error)?,
+                "https",
+            )
+        }
+    };
 
     let admin_state = state.clone();
     let admin = HttpServer::new(move || {
@@ -631,14 +654,14 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
         source,
     })?;
 
-    let url_of = |addrs: Vec<std::net::SocketAddr>| {
+    let url_of = |scheme: &str, addrs: Vec<std::net::SocketAddr>| {
         addrs
             .first()
-            .map(|a| format!("http://{a}"))
+            .map(|a| format!("{scheme}://{a}"))
             .unwrap_or_default()
     };
-    let url = url_of(public.addrs());
-    let admin_url = url_of(admin.addrs());
+    let url = url_of(scheme, public.addrs());
+    let admin_url = url_of("http", admin.addrs());
     tracing::info!(%url, %admin_url, bots = state.runtime.bots().len(), "botfleet listening");
     if admin_on_public {
         tracing::warn!(

@@ -100,6 +100,27 @@ pub struct ServerSettings {
     /// deadline (Kubernetes `terminationGracePeriodSeconds`, default 30 s).
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// TLS on the public listener (`[server.tls]`); none = plain HTTP (a
+    /// TLS-terminating ingress in front).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[server.tls]`: PEM files, reloaded when they change (docs/operations.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Certificate chain, leaf first (`tls.crt` of a kubernetes.io/tls Secret).
+    pub cert_file: PathBuf,
+    /// Private key of the leaf (`tls.key`): PKCS#8, PKCS#1 or SEC1 PEM.
+    pub key_file: PathBuf,
+    /// How often the files are compared with the ones in use, 1s..1h.
+    #[serde(with = "duration", default = "default_tls_reload")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for ServerSettings {
@@ -114,6 +135,7 @@ impl Default for ServerSettings {
             log_format: LogFormat::Text,
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(25),
+            tls: None,
         }
     }
 }
@@ -680,6 +702,18 @@ impl Settings {
                     duration::format(s.shutdown_delay)
                 ),
             );
+        }
+        if let Some(tls) = &s.tls {
+            if let Err(e) = crate::tls::load(&tls.cert_file, &tls.key_file) {
+                fail(e.key(&tls.key_file), e.to_string());
+            }
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&tls.reload_interval)
+            {
+                fail(
+                    "server.tls.reload_interval",
+                    "must be between 1s and 1h".into(),
+                );
+            }
         }
         if s.admin_on_public {
             notices.push(
