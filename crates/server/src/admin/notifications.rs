@@ -411,13 +411,31 @@ pub fn check_activity(activity: &serde_json::Value) -> Result<(), AdminError> {
         ));
     }
     match activity.get("type") {
-        Some(serde_json::Value::String(t)) if !t.trim().is_empty() => {}
-        _ => {
+        Some(serde_json::Value::String(t)) if t == "message" => {}
+        Some(serde_json::Value::String(t)) if !t.trim().is_empty() => {
+            // Teams' proactive messaging sends messages; other types are
+            // inbound events or turn-scoped (typing), and Teams would drop or
+            // refuse them after the job had counted them delivered.
             return Err(AdminError::field(
                 "activity.type",
-                "required: the activity type, usually \"message\"",
-            ))
+                format!("must be \"message\" (a proactive notification is a message), not {t:?}"),
+            ));
         }
+        _ => return Err(AdminError::field("activity.type", "required: \"message\"")),
+    }
+    let has_text = activity
+        .get("text")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|t| !t.trim().is_empty());
+    let has_attachments = activity
+        .get("attachments")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if !has_text && !has_attachments {
+        return Err(AdminError::field(
+            "activity.text",
+            "a message needs non-blank text or at least one attachment (Teams answers an empty message with 400)",
+        ));
     }
     serde_json::from_value::<botfleet_protocol::Activity>(activity.clone())
         .map(|_| ())
@@ -693,4 +711,52 @@ pub async fn cancel_notification(
     let result = async { Ok(jobs_of(&state)?.jobs.cancel(&id, super::now_ms()).await?) }.await;
     let job = call.finish(&state, result).await?;
     Ok(HttpResponse::Ok().json(Notification::of(&job)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn refused_field(activity: serde_json::Value) -> Option<String> {
+        match check_activity(&activity) {
+            Ok(()) => None,
+            Err(AdminError::InvalidField { field, .. }) => Some(field),
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_notification_is_a_message_with_something_to_show() {
+        assert_eq!(
+            refused_field(json!({"type": "message", "text": "build failed"})),
+            None
+        );
+        let card = json!({"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": {}}]});
+        assert_eq!(refused_field(card), None);
+        for empty in [
+            json!({"type": "message"}),
+            json!({"type": "message", "text": ""}),
+            json!({"type": "message", "text": "   "}),
+            json!({"type": "message", "attachments": []}),
+        ] {
+            assert_eq!(
+                refused_field(empty.clone()).as_deref(),
+                Some("activity.text"),
+                "{empty}"
+            );
+        }
+        for kind in ["bogus", "typing", "invoke", "conversationUpdate"] {
+            let activity = json!({"type": kind, "text": "x"});
+            assert_eq!(
+                refused_field(activity).as_deref(),
+                Some("activity.type"),
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            refused_field(json!({"text": "x"})).as_deref(),
+            Some("activity.type")
+        );
+    }
 }

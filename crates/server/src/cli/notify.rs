@@ -183,6 +183,10 @@ pub async fn notify(
             "notification {id} accepted; follow it with `botfleet notifications show {id}`"
         )));
     }
+    // The id first: interrupting the CLI stops following, not the job.
+    eprintln!(
+        "notification {id} accepted; following it (Ctrl-C stops following, not sending: `botfleet notifications show {id}`, `botfleet notifications cancel {id}`)"
+    );
     let job = follow(client, &id, json).await?;
     finish(client, job, json).await
 }
@@ -323,6 +327,11 @@ fn show(job: &Value, json: bool) -> Output {
 async fn finish(client: &AdminClient, job: Value, json: bool) -> Result<Output, CliError> {
     let id = job["id"].as_str().unwrap_or_default().to_string();
     let failed_count = count(&job, "failed");
+    if count(&job, "total") == 0 && job["state"] == "completed" {
+        return Ok(show(&job, json).note(
+            "no conversation matched the targets: nothing was sent (check the tenant, conversation or channel ids)",
+        ));
+    }
     if failed_count == 0 && job["state"] != "failed" {
         return Ok(show(&job, json));
     }
@@ -374,9 +383,16 @@ pub async fn notifications(
                 .send(Method::DELETE, &["notifications", &job], &[], None, None)
                 .await?
                 .body;
-            Ok(show(&doc, json).note(format!(
-                "notification {job} cancelled: targets not sent yet will not be sent"
-            )))
+            let note = match doc["state"].as_str() {
+                Some("cancelled") => {
+                    format!("notification {job} cancelled: targets not sent yet will not be sent")
+                }
+                state => format!(
+                    "notification {job} had already ended ({}): nothing to cancel",
+                    state.unwrap_or("unknown")
+                ),
+            };
+            Ok(show(&doc, json).note(note))
         }
     }
 }
