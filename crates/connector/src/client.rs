@@ -195,6 +195,13 @@ impl BotClient {
         &self.bot.app_id
     }
 
+    /// The bot's policy for a send that may or may not have reached Teams;
+    /// callers that find such a send themselves (a notifier taking over a
+    /// dead sender's marker) follow it too.
+    pub fn ambiguous_policy(&self) -> AmbiguousPolicy {
+        self.bot.ambiguous
+    }
+
     /// `POST /v3/conversations/{id}/activities`: a new message in the conversation.
     pub async fn send(
         &self,

@@ -7,13 +7,16 @@
 //! - Redis (its own redis-server, AOF on every write) SIGKILLed and restarted
 //!   mid-job: the job completes after it returns.
 //!
-//! In both, every conversation gets the notification, the sim saw no Teams
-//! rate limit broken, and a conversation that got it twice must be one of the
-//! documented duplicate window (docs/notifications.md): a marker taken over
-//! after its sender's lease, the sender having sent (or begun sending) before
-//! it died or lost the store, its outcome never recorded. The survivor logs
-//! each takeover with its target, so the test checks that every duplicate is
-//! one of those.
+//! In both, with the bot's default `ambiguous_send = report`, no conversation
+//! gets the notification twice, the sim saw no Teams rate limit broken, and
+//! every conversation gets it once except those reported `delivery_unknown`:
+//! each of those must be a marker taken over after its sender's lease (the
+//! sender died or lost the store mid-send, its outcome never recorded), which
+//! the survivor logs with its target (or a send whose answer was lost, the
+//! connector's own ambiguous case, which says so). With `ambiguous_send = resend` a taken
+//! over marker is sent again instead: every conversation gets it, and one
+//! that got it twice must be one of those takeovers (the documented window,
+//! docs/notifications.md).
 //!
 //! Size: `BOTFLEET_TEST_NOTIFY_TARGETS` conversations (default 20,000, the
 //! issue's figure; about 50 s on a 2-core machine with a debug build) in
@@ -46,7 +49,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// A configuration with short leases so a dead replica's work comes back in
 /// seconds (the lease must exceed the longest send: request_timeout +
 /// max_retry).
-fn config(sim: &str, redis_url: &str, prefix: &str) -> String {
+fn config(sim: &str, redis_url: &str, prefix: &str, ambiguous: Ambiguous) -> String {
     format!(
         r#"
 [store]
@@ -72,14 +75,27 @@ app_id = "{APP_ID}"
 app_password = "{APP_SECRET}"
 cloud = "sim"
 handler = {{ kind = "record" }}
+{policy}
 "#,
         cloud = sim_cloud(sim),
+        policy = match ambiguous {
+            // Not written: the default is what most deployments run.
+            Ambiguous::Report => "",
+            Ambiguous::Resend => "ambiguous_send = \"resend\"",
+        },
     )
 }
 
-fn start(sim: &str, redis_url: &str, prefix: &str) -> Botfleet {
+/// The bot's `ambiguous_send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ambiguous {
+    Report,
+    Resend,
+}
+
+fn start(sim: &str, redis_url: &str, prefix: &str, ambiguous: Ambiguous) -> Botfleet {
     start_botfleet_with(
-        &config(sim, redis_url, prefix),
+        &config(sim, redis_url, prefix, ambiguous),
         &[("H12_NOTIFY_BOOT", BOOT), ("RUST_LOG", "info")],
     )
 }
@@ -213,43 +229,148 @@ async fn violations(sim: &str) -> u64 {
         .unwrap()
 }
 
-/// Checks the sim's record against the conversations: each got the text at
-/// least once, and each that got it twice is one whose marker `taken_over`
-/// names (the documented window). Returns the number of duplicates.
+/// The conversation ids of the job's failed targets, by reason (every page).
+async fn failed_by_reason(bf: &Botfleet, job: &str) -> HashMap<String, Vec<(String, String)>> {
+    let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut query = vec![("state", "failed".to_owned()), ("limit", "500".to_owned())];
+        if let Some(n) = &next {
+            query.push(("next", n.clone()));
+        }
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/admin/v1/notifications/{job}/targets", bf.admin_url()),
+            &query,
+        )
+        .unwrap();
+        let (status, page) = admin(reqwest::Method::GET, url.to_string(), None).await;
+        assert_eq!(status, 200, "{page}");
+        for t in page["items"].as_array().unwrap() {
+            let id = t["id"].as_str().unwrap();
+            let conversation = id.strip_prefix("c:").unwrap_or(id).to_owned();
+            let reason = t["error"]["code"].as_str().unwrap_or("").to_owned();
+            let message = t["error"]["message"].as_str().unwrap_or("").to_owned();
+            out.entry(reason).or_default().push((conversation, message));
+        }
+        match page["next"].as_str() {
+            Some(n) => next = Some(n.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// What a run ended with, for the figures.
+struct Checked {
+    /// Conversations that got the text twice.
+    twice: usize,
+    /// Targets reported `delivery_unknown` (of them: lost answers rather than
+    /// takeovers, and how many got it once).
+    unknown: usize,
+    timed_out: usize,
+    unknown_received: usize,
+}
+
+/// Checks the final job and the sim's record against the conversations.
+/// `report`: no conversation got the text twice; each got it once except the
+/// targets failed `delivery_unknown`, each of which `taken_over` names.
+/// `resend`: each got it, and each that got it twice is one `taken_over`
+/// names (the documented window). Either way the Teams limits held.
 async fn check_sends(
+    bf: &Botfleet,
     sim: &str,
+    job: &Value,
     text: &str,
     conversations: &[String],
     taken_over: &HashSet<String>,
-) -> usize {
+    ambiguous: Ambiguous,
+) -> Checked {
+    let n = conversations.len() as u64;
+    let id = job["id"].as_str().unwrap();
+    let counts = &job["counts"];
+    assert_eq!(counts["total"], n, "{job}");
+    let failed = failed_by_reason(bf, id).await;
+    let unknown_detail: HashMap<String, String> = failed
+        .get("delivery_unknown")
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let unknown: HashSet<String> = unknown_detail.keys().cloned().collect();
+    let others: Vec<(&String, usize)> = failed
+        .iter()
+        .filter(|(r, _)| *r != "delivery_unknown")
+        .map(|(r, v)| (r, v.len()))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "targets failed for another reason: {others:?}"
+    );
+    assert_eq!(
+        counts["delivered"].as_u64().unwrap() + unknown.len() as u64,
+        n,
+        "{job}"
+    );
+    // A send whose answer was lost (the connector's request timeout on a
+    // loaded machine) is reported the same way, by the same policy; it names
+    // itself ("delivery unknown after N attempt(s)") and is counted apart.
+    let timed_out = unknown_detail
+        .values()
+        .filter(|m| m.starts_with("delivery unknown after"))
+        .count();
+    let not_taken: Vec<(&String, &String)> = unknown_detail
+        .iter()
+        .filter(|(c, m)| !taken_over.contains(*c) && !m.starts_with("delivery unknown after"))
+        .take(5)
+        .collect();
+    assert!(
+        not_taken.is_empty(),
+        "reported delivery_unknown without a takeover: {not_taken:?}"
+    );
+    if ambiguous == Ambiguous::Resend {
+        assert!(unknown.is_empty(), "resend reported {unknown:?}");
+    }
+
     let sent = sends_by_conversation(sim, text).await;
     let missing: Vec<&String> = conversations
         .iter()
-        .filter(|c| !sent.contains_key(*c))
+        .filter(|c| !sent.contains_key(*c) && !unknown.contains(*c))
         .take(10)
         .collect();
     assert!(missing.is_empty(), "never sent to: {missing:?}");
-    assert_eq!(
-        sent.len(),
-        conversations.len(),
+    let known: HashSet<&String> = conversations.iter().collect();
+    assert!(
+        sent.keys().all(|c| known.contains(c)),
         "sends to unknown conversations"
     );
     let twice: Vec<(&String, &usize)> = sent.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.iter().all(|(_, n)| **n == 2),
-        "a conversation got it more than twice: {twice:?}"
-    );
-    let outside: Vec<&&String> = twice
-        .iter()
-        .map(|(c, _)| c)
-        .filter(|c| !taken_over.contains(**c))
-        .collect();
-    assert!(
-        outside.is_empty(),
-        "sent twice outside the documented window (no marker taken over): {outside:?}"
-    );
+    match ambiguous {
+        Ambiguous::Report => assert!(
+            twice.is_empty(),
+            "sent twice with ambiguous_send = report: {twice:?}"
+        ),
+        Ambiguous::Resend => {
+            assert!(
+                twice.iter().all(|(_, n)| **n == 2),
+                "a conversation got it more than twice: {twice:?}"
+            );
+            let outside: Vec<&&String> = twice
+                .iter()
+                .map(|(c, _)| c)
+                .filter(|c| !taken_over.contains(**c))
+                .collect();
+            assert!(
+                outside.is_empty(),
+                "sent twice outside the documented window (no marker taken over): {outside:?}"
+            );
+        }
+    }
     assert_eq!(violations(sim).await, 0, "the Teams limits were broken");
-    twice.len()
+    Checked {
+        twice: twice.len(),
+        unknown: unknown.len(),
+        timed_out,
+        unknown_received: unknown.iter().filter(|c| sent.contains_key(*c)).count(),
+    }
 }
 
 /// The conversations whose marker `bf` took over after its sender's lease
@@ -268,13 +389,24 @@ fn takeovers(bf: &Botfleet) -> HashSet<String> {
 
 #[actix_web::test]
 async fn a_replica_killed_halfway_the_survivor_reclaims_and_finishes() {
-    let n = env_usize("BOTFLEET_TEST_NOTIFY_TARGETS", 20_000);
+    replica_kill(Ambiguous::Report, 20_000).await;
+}
+
+/// The same with `ambiguous_send = resend` (smaller by default: it checks the
+/// window, the default run measures the rate).
+#[actix_web::test]
+async fn a_replica_killed_halfway_with_resend_duplicates_only_takeovers() {
+    replica_kill(Ambiguous::Resend, 5_000).await;
+}
+
+async fn replica_kill(ambiguous: Ambiguous, default_n: usize) {
+    let n = env_usize("BOTFLEET_TEST_NOTIFY_TARGETS", default_n);
     let tenants = env_usize("BOTFLEET_TEST_NOTIFY_TENANTS", 200);
     let sim = start_sim();
     let prefix = testing::unique_prefix("notify-kill");
     let redis = testing::single_url();
-    let mut a = start(&sim.url, &redis, &prefix);
-    let b = start(&sim.url, &redis, &prefix);
+    let mut a = start(&sim.url, &redis, &prefix, ambiguous);
+    let b = start(&sim.url, &redis, &prefix, ambiguous);
     let conversations = seed(&sim.url, &a, n, tenants);
 
     // Teams takes tens to hundreds of milliseconds to accept a send; a sim
@@ -310,9 +442,6 @@ async fn a_replica_killed_halfway_the_survivor_reclaims_and_finishes() {
     let done = wait_final(&b, &id, Duration::from_secs(240)).await;
     let elapsed = started.elapsed();
     assert_eq!(done["state"], "completed", "{done}\n{}", b.proc.log_text());
-    assert_eq!(done["counts"]["total"], n, "{done}");
-    assert_eq!(done["counts"]["delivered"], n, "{done}");
-    assert_eq!(done["counts"]["failed"], 0, "{done}");
     let log = b.proc.log_text();
     // A expanded at most 2,000 targets ahead of the deliveries, so with more
     // than 5,000 the expansion was still under way when it died.
@@ -342,15 +471,28 @@ async fn a_replica_killed_halfway_the_survivor_reclaims_and_finishes() {
     }
     assert!(metric(b.admin_url(), "botfleet_notification_reclaimed_total").await > 0.0);
     let taken_over = takeovers(&b);
-    let twice = check_sends(&sim.url, text, &conversations, &taken_over).await;
+    let c = check_sends(
+        &b,
+        &sim.url,
+        &done,
+        text,
+        &conversations,
+        &taken_over,
+        ambiguous,
+    )
+    .await;
     let taken_over = taken_over.len();
     let killed_at = killed_at.unwrap_or_default();
     eprintln!(
-        "replica kill: {n} targets in {tenants} tenants, {:.1} s ({:.0} deliveries/s); killed at {:.1} s with {delivered_at_kill} delivered (expansion complete: {expanded_at_kill}); survivor finished {:.1} s later; {taken_over} markers taken over, {twice} conversations sent twice (the documented window)",
+        "replica kill ({ambiguous:?}): {n} targets in {tenants} tenants, {:.1} s ({:.0} deliveries/s); killed at {:.1} s with {delivered_at_kill} delivered (expansion complete: {expanded_at_kill}); survivor finished {:.1} s later; {taken_over} markers taken over, {} reported delivery_unknown ({} of them lost answers, not takeovers; {} had reached the sim), {} conversations sent twice",
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
         killed_at.as_secs_f64(),
         (elapsed - killed_at).as_secs_f64(),
+        c.unknown,
+        c.timed_out,
+        c.unknown_received,
+        c.twice,
     );
     drop(a);
 }
@@ -426,7 +568,7 @@ async fn redis_restarted_mid_job_the_job_completes_and_loses_nothing() {
     let tenants = 30;
     let mut redis = OwnRedis::start();
     let sim = start_sim();
-    let bf = start(&sim.url, &redis.url(), "restart");
+    let bf = start(&sim.url, &redis.url(), "restart", Ambiguous::Report);
     let conversations = seed(&sim.url, &bf, n, tenants);
 
     let text = "redis-restart notification";
@@ -444,8 +586,6 @@ async fn redis_restarted_mid_job_the_job_completes_and_loses_nothing() {
     let done = wait_final(&bf, &id, Duration::from_secs(120)).await;
     let elapsed = started.elapsed();
     assert_eq!(done["state"], "completed", "{done}\n{}", bf.proc.log_text());
-    assert_eq!(done["counts"]["total"], n, "{done}");
-    assert_eq!(done["counts"]["delivered"], n, "{done}");
     let log = bf.proc.log_text();
     assert!(
         log.contains("cannot take work from the job store")
@@ -453,10 +593,21 @@ async fn redis_restarted_mid_job_the_job_completes_and_loses_nothing() {
         "the notifier never noticed Redis was gone"
     );
     let taken_over = takeovers(&bf);
-    let twice = check_sends(&sim.url, text, &conversations, &taken_over).await;
+    let c = check_sends(
+        &bf,
+        &sim.url,
+        &done,
+        text,
+        &conversations,
+        &taken_over,
+        Ambiguous::Report,
+    )
+    .await;
     let taken_over = taken_over.len();
     eprintln!(
-        "redis restart: {n} targets in {tenants} tenants, {:.1} s; {taken_over} markers taken over, {twice} conversations sent twice",
-        elapsed.as_secs_f64()
+        "redis restart: {n} targets in {tenants} tenants, {:.1} s; {taken_over} markers taken over, {} reported delivery_unknown, {} conversations sent twice",
+        elapsed.as_secs_f64(),
+        c.unknown,
+        c.twice
     );
 }

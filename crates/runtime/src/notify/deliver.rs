@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use botfleet_connector::{Action, ConnectorError, Delivered, Target as SendTarget};
+use botfleet_connector::{
+    Action, AmbiguousPolicy, ConnectorError, Delivered, Target as SendTarget,
+};
 use botfleet_protocol::{
     Activity, ChannelAccount, ConversationAccount, ConversationParameters, ConversationReference,
     TEAMS_CHANNEL_ID,
@@ -75,6 +77,9 @@ fn snake(code: &str) -> String {
     }
     out
 }
+
+/// The detail of a target reported `delivery_unknown` after a takeover.
+pub(crate) const TAKEOVER_DETAIL: &str = "taken over after its sender stopped during the send (lease ended): it may have been delivered; check, and resend by hand with a new job if needed";
 
 fn failed(reason: &str, status: Option<u16>, detail: Option<String>) -> JobOutcome {
     JobOutcome::Failed {
@@ -253,7 +258,19 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
     {
         BeginSend::Begun { attempt, takeover } => {
             if takeover {
-                tracing::warn!(job = %item.job_id, target = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended (that sender may have sent: the documented duplicate window)");
+                // The previous sender died with its send in flight: Teams may
+                // have it (it does not deduplicate a replayed POST). Same
+                // choice as an ambiguous reply: the bot's `ambiguous_send`.
+                if bot.client.ambiguous_policy() == AmbiguousPolicy::ReportUnknown {
+                    tracing::warn!(job = %item.job_id, target = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended; reporting delivery_unknown, not resending (ambiguous_send = report)");
+                    let outcome = failed(
+                        reasons::DELIVERY_UNKNOWN,
+                        None,
+                        Some(TAKEOVER_DETAIL.into()),
+                    );
+                    return finish(ctx, item, outcome).await;
+                }
+                tracing::warn!(job = %item.job_id, target = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended and sending again (ambiguous_send = resend: the documented duplicate window)");
             }
             attempt
         }

@@ -74,8 +74,10 @@ pub mod reasons {
     pub const BOT_CREDENTIALS: &str = "bot_credentials";
     /// Teams refused it otherwise (e.g. 500).
     pub const REJECTED: &str = "rejected";
-    /// Sent, but the answer was lost (timeout after sending): not resent so it
-    /// cannot arrive twice; it may or may not have arrived.
+    /// Sent, but the answer was lost (timeout after sending), or the sender
+    /// died mid-send and its marker was taken over, with the bot's
+    /// `ambiguous_send = report`: not resent so it cannot arrive twice; it may
+    /// or may not have arrived.
     pub const DELIVERY_UNKNOWN: &str = "delivery_unknown";
     /// The reference's serviceUrl is not allowed for the bot.
     pub const SERVICE_URL_REFUSED: &str = "service_url_refused";
