@@ -48,9 +48,12 @@
 //! live sender that cannot reach the store keeps retrying `finish_send`, so a
 //! store outage alone does not open the window. The marker then stays
 //! `Sending` until its lease ends, and the next
-//! `begin_send` after the lease takes it over (`Begun { takeover: true }`) and
-//! sends again. Without the takeover a target whose sender died *before*
-//! sending would never be delivered, so the window is the price of never losing one.
+//! `begin_send` after the lease takes it over (`Begun { takeover: true }`).
+//! What the taker does is the bot's `ambiguous_send` policy, decided by the
+//! notifier (docs/notifications.md): `report` (the default) records the target
+//! as `delivery_unknown` and never sends it twice; `resend` sends again, which
+//! is the only place a target can reach Teams twice. Without the takeover a
+//! target whose sender died *before* sending would stay `Sending` for ever.
 //!
 //! All times are milliseconds since the Unix epoch (`*_ms`), passed in by the
 //! caller, so tests control them; replicas' clocks must agree to well within
