@@ -465,7 +465,7 @@ fn not_installed(
 }
 
 /// `POST /v3/conversations`, following the behaviour observed on Teams
-/// (PROTOCOL.md 3.1): 1:1 needs exactly one member and a tenant and is
+/// (https://github.com/microsoft/teams.net/blob/main/docs/CreateConversation-API-Behavior.md): 1:1 needs exactly one member and a tenant and is
 /// idempotent; channel threads need an activity; group chats cannot be created.
 fn create(
     sim: &Sim,
