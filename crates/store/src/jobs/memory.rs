@@ -10,10 +10,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{
-    check_spec, decode_cursor, encode_cursor, new_job_id, page_size, BeginSend, CreateJob,
-    DeliveryState, DeliveryStateKind, Expansion, FinishSend, JobCounts, JobPage, JobRecord,
-    JobSpec, JobState, JobStore, JobStoreError, JobStoreOptions, Reclaimed, SendOutcome, Target,
-    TargetEntry, TargetPage, WorkItem, REASON_DEAD_LETTER,
+    check_spec, decode_cursor, new_job_id, page_size, BeginSend, CreateJob, DeliveryState,
+    DeliveryStateKind, Expansion, FinishSend, JobCounts, JobPage, JobRecord, JobSpec, JobState,
+    JobStore, JobStoreError, JobStoreOptions, Reclaimed, SendOutcome, Target, TargetEntry,
+    TargetPage, WorkItem, REASON_DEAD_LETTER,
 };
 
 #[derive(Debug)]
@@ -247,22 +247,14 @@ impl JobStore for MemoryJobStore {
         let Some(set) = inner.bot_jobs.get(bot_id) else {
             return Ok(JobPage::default());
         };
-        let mut items: Vec<JobRecord> = set
+        let items: Vec<JobRecord> = set
             .iter()
             .rev()
             .filter(|k| after.as_ref().is_none_or(|a| *k < a))
             .take(size + 1)
             .filter_map(|(_, id)| inner.jobs.get(id).map(|j| j.record.clone()))
             .collect();
-        let next_cursor = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|j| encode_cursor(&job_cursor(j.created_at_ms, &j.id)))
-        } else {
-            None
-        };
-        Ok(JobPage { items, next_cursor })
+        Ok(JobPage::from_overfetched(items, size))
     }
 
     async fn active_jobs(
@@ -297,15 +289,7 @@ impl JobStore for MemoryJobStore {
         for key in finished {
             inner.active.remove(&key);
         }
-        let next_cursor = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|j| encode_cursor(&job_cursor(j.created_at_ms, &j.id)))
-        } else {
-            None
-        };
-        Ok(JobPage { items, next_cursor })
+        Ok(JobPage::from_overfetched(items, size))
     }
 
     async fn claim_expansion(
@@ -464,17 +448,11 @@ impl JobStore for MemoryJobStore {
                 })
                 .unwrap_or_default(),
         };
-        let mut items: Vec<TargetEntry> = keys
+        let items: Vec<TargetEntry> = keys
             .iter()
             .filter_map(|k| job.targets.get(k).cloned())
             .collect();
-        let next_cursor = if items.len() > size {
-            items.truncate(size);
-            items.last().map(|t| encode_cursor(&t.key))
-        } else {
-            None
-        };
-        Ok(TargetPage { items, next_cursor })
+        Ok(TargetPage::from_overfetched(items, size))
     }
 
     async fn cancel(&self, job_id: &str, now_ms: u64) -> Result<JobRecord, JobStoreError> {

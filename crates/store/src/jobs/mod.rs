@@ -710,6 +710,40 @@ pub(crate) fn check_spec(spec: &JobSpec) -> Result<(), JobStoreError> {
 
 const CURSOR_TAG: &str = "j1:";
 
+impl TargetPage {
+    /// A page from up to `size + 1` targets read in order: the extra one only
+    /// says that a next page exists.
+    pub(crate) fn from_overfetched(mut items: Vec<TargetEntry>, size: usize) -> Self {
+        let next_cursor = overfetched_cursor(&mut items, size, |t| t.key.clone());
+        Self { items, next_cursor }
+    }
+}
+
+impl JobPage {
+    /// A page from up to `size + 1` jobs read newest first: the extra one only
+    /// says that a next page exists.
+    pub(crate) fn from_overfetched(mut items: Vec<JobRecord>, size: usize) -> Self {
+        let next_cursor = overfetched_cursor(&mut items, size, |j| {
+            memory::job_cursor(j.created_at_ms, &j.id)
+        });
+        Self { items, next_cursor }
+    }
+}
+
+/// Cuts `items` to `size` and, when there was more, returns the cursor after
+/// the last item kept.
+fn overfetched_cursor<T>(
+    items: &mut Vec<T>,
+    size: usize,
+    key: impl Fn(&T) -> String,
+) -> Option<String> {
+    if items.len() <= size {
+        return None;
+    }
+    items.truncate(size);
+    items.last().map(|last| encode_cursor(&key(last)))
+}
+
 /// Cursors are opaque to callers: base64url of a versioned "after this key".
 pub(crate) fn encode_cursor(after: &str) -> String {
     use base64::Engine as _;

@@ -54,12 +54,12 @@ use redis::{FromRedisValue, Script, Value};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::memory::{job_cursor, parse_job_cursor};
+use super::memory::parse_job_cursor;
 use super::{
-    check_spec, decode_cursor, encode_cursor, new_job_id, page_size, BeginSend, CreateJob,
-    DeliveryState, DeliveryStateKind, Expansion, FinishSend, JobCounts, JobPage, JobRecord,
-    JobSpec, JobState, JobStore, JobStoreError, JobStoreOptions, Reclaimed, SendOutcome, Target,
-    TargetEntry, TargetPage, WorkItem, REASON_DEAD_LETTER,
+    check_spec, decode_cursor, new_job_id, page_size, BeginSend, CreateJob, DeliveryState,
+    DeliveryStateKind, Expansion, FinishSend, JobCounts, JobPage, JobRecord, JobSpec, JobState,
+    JobStore, JobStoreError, JobStoreOptions, Reclaimed, SendOutcome, Target, TargetEntry,
+    TargetPage, WorkItem, REASON_DEAD_LETTER,
 };
 use crate::redis_pool::{RedisConn, RedisPool, KEY_SCHEMA};
 
@@ -921,15 +921,7 @@ impl JobStore for RedisJobStore {
                 items.push(job);
             }
         }
-        let next_cursor = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|j| encode_cursor(&job_cursor(j.created_at_ms, &j.id)))
-        } else {
-            None
-        };
-        Ok(JobPage { items, next_cursor })
+        Ok(JobPage::from_overfetched(items, size))
     }
 
     async fn active_jobs(
@@ -994,15 +986,7 @@ impl JobStore for RedisJobStore {
                 .await
                 .map_err(unavailable)?;
         }
-        let next_cursor = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|j| encode_cursor(&job_cursor(j.created_at_ms, &j.id)))
-        } else {
-            None
-        };
-        Ok(JobPage { items, next_cursor })
+        Ok(JobPage::from_overfetched(items, size))
     }
 
     async fn claim_expansion(
@@ -1189,13 +1173,7 @@ impl JobStore for RedisJobStore {
                 updated_at_ms: st.u,
             });
         }
-        let next_cursor = if items.len() > size {
-            items.truncate(size);
-            items.last().map(|t| encode_cursor(&t.key))
-        } else {
-            None
-        };
-        Ok(TargetPage { items, next_cursor })
+        Ok(TargetPage::from_overfetched(items, size))
     }
 
     async fn cancel(&self, job_id: &str, now_ms: u64) -> Result<JobRecord, JobStoreError> {
