@@ -1,0 +1,1 @@
+//! The one metrics registry (being built: see docs/observability.md).
