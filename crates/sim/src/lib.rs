@@ -32,11 +32,13 @@
 //! | `GET /_sim/token-requests` | `?clientId=` | `{total, byClient:{id:{total,ok,rejected}}, requests:[..]}` |
 //! | `GET /_sim/violations` | | `{total, violations:[`[`Violation`]`]}` |
 //! | `GET /_sim/stats`, `GET /_sim/health`, `POST /_sim/reset` | | counters; `{ok, url, kid}`; `{reset:true}` |
+//! | `/graph/v1.0/...`, `GET /{tenant}/oauth2/v2.0/authorize`, `/_sim/graph/...` | | the Microsoft Graph side: see [`graph`] |
 
 pub mod client;
 pub mod connector;
 pub mod error;
 pub mod faults;
+pub mod graph;
 pub mod http;
 pub mod jwt;
 pub mod keys;

@@ -117,6 +117,8 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            // Before the connector's routes: `/_sim/graph` must win over `/_sim`.
+            .configure(crate::graph::configure)
             .configure(crate::http::configure)
     })
     .workers(config.workers.max(1))

@@ -260,6 +260,8 @@ pub struct Sim {
     id_base: u64,
     next_id: AtomicU64,
     pub started_ms: u64,
+    /// The Microsoft Graph side (subscriptions, notifications, delegated sign-in, installedApps).
+    pub graph: crate::graph::GraphState,
 }
 
 impl std::fmt::Debug for Sim {
@@ -298,6 +300,7 @@ impl Sim {
             id_base: started_ms,
             next_id: AtomicU64::new(started_ms),
             started_ms,
+            graph: crate::graph::GraphState::new(max),
             settings,
         }
     }
@@ -379,7 +382,7 @@ impl Sim {
         Ok(out)
     }
 
-    fn foreign_key(&self) -> Result<Arc<SimKey>, crate::SimError> {
+    pub(crate) fn foreign_key(&self) -> Result<Arc<SimKey>, crate::SimError> {
         if let Some(k) = self.keys.read().foreign.clone() {
             return Ok(k);
         }
@@ -557,7 +560,7 @@ impl Sim {
     ) -> Value {
         let iss = format!("https://sts.windows.net/{tenant_id}/");
         let oid = uuid_from(app_id);
-        json!({
+        let mut claims = json!({
             "aud": audience,
             "iss": iss,
             "iat": now,
@@ -573,7 +576,12 @@ impl Sim {
             "tid": tenant_id,
             "uti": uuid::Uuid::new_v4().simple().to_string(),
             "ver": "1.0",
-        })
+        });
+        // Graph app tokens carry the application permissions granted to the app.
+        if audience == crate::graph::GRAPH_AUDIENCE || audience == crate::graph::GRAPH_APP_ID {
+            claims["roles"] = json!(crate::graph::APP_ROLES);
+        }
+        claims
     }
 
     /// An access token for `app_id`, signed with the active key; (token, lifetime).

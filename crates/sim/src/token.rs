@@ -25,9 +25,14 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 pub type TokenReply = (u16, Value);
 
 /// An Entra error: (status, `error`, AADSTS number, description).
-struct AadError(u16, &'static str, u32, String);
+pub(crate) struct AadError(
+    pub(crate) u16,
+    pub(crate) &'static str,
+    pub(crate) u32,
+    pub(crate) String,
+);
 
-fn aad_body(e: &AadError) -> Value {
+pub(crate) fn aad_body(e: &AadError) -> Value {
     let AadError(_, error, code, description) = e;
     let ts = entra_timestamp(now_ms());
     let trace = uuid::Uuid::new_v4().to_string();
@@ -111,6 +116,23 @@ pub fn client_credentials(
         record(sim, &attempt, 503, Some(90033));
         return down_reply();
     }
+    // The delegated grants (authorization code with PKCE, refresh token) of the Graph side.
+    if matches!(
+        get("grant_type"),
+        Some("authorization_code" | "refresh_token")
+    ) {
+        attempt.credential = "delegated";
+        return match crate::graph::delegated::grant(sim, tenant, &get, token_urls) {
+            Ok(body) => {
+                record(sim, &attempt, 200, None);
+                (200, body)
+            }
+            Err(e) => {
+                record(sim, &attempt, e.0, Some(e.2));
+                (e.0, aad_body(&e))
+            }
+        };
+    }
     let result = issue(sim, tenant, &get, token_urls, &mut attempt);
     match result {
         Ok((token, lifetime)) => {
@@ -132,7 +154,7 @@ pub fn client_credentials(
     }
 }
 
-fn missing(param: &str) -> AadError {
+pub(crate) fn missing(param: &str) -> AadError {
     AadError(
         400,
         "invalid_request",
@@ -176,7 +198,9 @@ fn issue<'a>(
     let bot = sim
         .bot(client_id)
         .ok_or_else(|| not_found(client_id, tenant))?;
-    let tid = tenant_of(&bot, tenant).ok_or_else(|| not_found(client_id, tenant))?;
+    let tid = tenant_of(&bot, tenant)
+        .or_else(|| graph_tenant(&bot, tenant, resource))
+        .ok_or_else(|| not_found(client_id, tenant))?;
     let appidacr = if let Some(assertion) = get("client_assertion") {
         if get("client_assertion_type") != Some(JWT_BEARER) {
             return Err(AadError(
@@ -208,6 +232,54 @@ fn issue<'a>(
         ));
     };
     Ok(sim.issue_access_token(client_id, &tid, resource, appidacr))
+}
+
+/// Graph tokens of a multi-tenant app come from the customer tenant that
+/// consented (the sim treats every tenant as having consented).
+fn graph_tenant(bot: &Bot, tenant: &str, resource: &str) -> Option<String> {
+    let graph = resource == crate::graph::GRAPH_AUDIENCE || resource == crate::graph::GRAPH_APP_ID;
+    let named = !["common", "organizations", "consumers"]
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(tenant));
+    (graph && named && bot.registration.tenant.is_none()).then(|| tenant.to_owned())
+}
+
+/// Authenticates the client of a delegated grant (client secret or
+/// certificate/federated assertion, checked as for client credentials).
+pub(crate) fn authenticate_client<'a>(
+    sim: &Sim,
+    tenant: &str,
+    get: &impl Fn(&str) -> Option<&'a str>,
+    token_urls: &[String],
+) -> Result<Bot, AadError> {
+    let client_id = get("client_id").ok_or_else(|| missing("client_id"))?;
+    let bot = sim
+        .bot(client_id)
+        .ok_or_else(|| not_found(client_id, tenant))?;
+    if let Some(assertion) = get("client_assertion") {
+        if get("client_assertion_type") != Some(JWT_BEARER) {
+            return Err(AadError(
+                400,
+                "invalid_request",
+                50027,
+                format!("client_assertion_type must be {JWT_BEARER}."),
+            ));
+        }
+        verify_assertion(sim, &bot, client_id, assertion, token_urls)?;
+    } else if let Some(secret) = get("client_secret") {
+        if bot.registration.secret.as_deref() != Some(secret) {
+            return Err(invalid_client(
+                7000215,
+                format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+            ));
+        }
+    } else {
+        return Err(invalid_client(
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into(),
+        ));
+    }
+    Ok(bot)
 }
 
 fn not_found(client_id: &str, tenant: &str) -> AadError {
