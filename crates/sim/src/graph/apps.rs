@@ -115,7 +115,7 @@ pub fn install(sim: &Sim, caller: &Caller, user_id: &str, body: &[u8]) -> Result
                 &format!("{per_app} requests per second per app across tenants"),
             )
         })?;
-        let key = (user_id.to_owned(), app_id.clone());
+        let key = (caller.tenant_id.clone(), user_id.to_owned(), app_id.clone());
         if inner.installations.contains_key(&key) {
             return Err(GraphError::new(
                 409,
@@ -263,11 +263,11 @@ pub fn uninstall(
     installation: &str,
 ) -> Result<(), GraphError> {
     let i = find(sim, caller, user_id, installation)?;
-    sim.graph
-        .inner
-        .lock()
-        .installations
-        .remove(&(i.user_id.clone(), i.app_id.clone()));
+    sim.graph.inner.lock().installations.remove(&(
+        i.tenant_id.clone(),
+        i.user_id.clone(),
+        i.app_id.clone(),
+    ));
     let mut inner = sim.inner.lock();
     if let Some(users) = inner
         .installations

@@ -243,6 +243,16 @@ pub fn post(sim: &Arc<Sim>, place: Place, msg: NewMessage) -> Result<Value, Stri
     Ok(message)
 }
 
+/// `GET .../messages/{id}`: one message with its `@odata.context`.
+pub fn find(messages: &[Value], id: &str) -> Option<Value> {
+    let mut m = messages
+        .iter()
+        .find(|m| m["id"].as_str() == Some(id))?
+        .clone();
+    m["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#chatMessage/$entity");
+    Some(m)
+}
+
 /// A resync read: `$top` (<= 50), `$orderby` (`lastModifiedDateTime desc` or
 /// `createdDateTime desc`), `$filter` (`lastModifiedDateTime gt|lt|ge|le <date>`,
 /// clauses joined by `and`), `$skiptoken` (from `@odata.nextLink`).
@@ -328,8 +338,7 @@ pub fn list(
             })
         })
         .collect();
-    selected
-        .sort_by(|a, b| (stamp(b, order_field), id_of(b)).cmp(&(stamp(a, order_field), id_of(a))));
+    selected.sort_by_key(|m| std::cmp::Reverse((stamp(m, order_field), id_of(m))));
     // The skiptoken is the (time, id) of the last item returned: stable while
     // new messages arrive (they sort before it).
     if let Some(token) = query.get("$skiptoken") {

@@ -291,8 +291,8 @@ pub(crate) struct GraphInner {
     pub write_windows: HashMap<(String, String), VecDeque<Instant>>,
     pub install_windows: HashMap<(String, String), VecDeque<Instant>>,
     pub install_windows_app: HashMap<String, VecDeque<Instant>>,
-    /// (user, app) -> installation.
-    pub installations: HashMap<(String, String), apps::Installation>,
+    /// (tenant, user, app) -> installation.
+    pub installations: HashMap<(String, String, String), apps::Installation>,
     pub deliveries: Ring<DeliveryRecord>,
     /// URL -> items waiting for the batch window.
     pub pending: HashMap<String, Vec<deliver::Pending>>,

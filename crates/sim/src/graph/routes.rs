@@ -225,6 +225,19 @@ fn decode_segment(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// OData key syntax `chats('19:x@thread.v2')` -> `chats`, `19:x@thread.v2`
+/// (Graph accepts both forms; notification `resource`s use this one).
+fn expand_key_segment(s: &str) -> Vec<String> {
+    if let Some((name, rest)) = s.split_once("('") {
+        if let Some(key) = rest.strip_suffix("')") {
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return vec![name.to_owned(), key.replace("''", "'")];
+            }
+        }
+    }
+    vec![s.to_owned()]
+}
+
 async fn handle(sim: Arc<Sim>, req: &HttpRequest, body: &[u8]) -> Result<Answer, GraphError> {
     let auth = req
         .headers()
@@ -260,6 +273,7 @@ async fn handle(sim: Arc<Sim>, req: &HttpRequest, body: &[u8]) -> Result<Answer,
         .trim_matches('/')
         .split('/')
         .map(decode_segment)
+        .flat_map(|s| expand_key_segment(&s))
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let query: HashMap<String, String> = url::form_urlencoded::parse(req.query_string().as_bytes())
@@ -293,6 +307,28 @@ async fn handle(sim: Arc<Sim>, req: &HttpRequest, body: &[u8]) -> Result<Answer,
                 .filter(|c| c.tenant_id == caller.tenant_id)
                 .ok_or_else(|| GraphError::new(404, "NotFound", format!("Chat {chat} was not found.")))?;
             messages::list(&chat.messages, &query, &base).map(|v| Answer::Json(200, v))
+        }
+        ("GET", [c, chat, m, id]) if eq(c, "chats") && eq(m, "messages") => {
+            let inner = sim.graph.inner.lock();
+            inner
+                .chats
+                .get(*chat)
+                .filter(|c| c.tenant_id == caller.tenant_id)
+                .and_then(|c| messages::find(&c.messages, id))
+                .map(|v| Answer::Json(200, v))
+                .ok_or_else(|| GraphError::new(404, "NotFound", format!("Message {id} of chat {chat} was not found.")))
+        }
+        ("GET", [t, team, c, channel, m, id])
+            if eq(t, "teams") && eq(c, "channels") && eq(m, "messages") =>
+        {
+            let inner = sim.graph.inner.lock();
+            inner
+                .channels
+                .get(&((*team).to_owned(), (*channel).to_owned()))
+                .filter(|c| c.tenant_id == caller.tenant_id)
+                .and_then(|c| messages::find(&c.messages, id))
+                .map(|v| Answer::Json(200, v))
+                .ok_or_else(|| GraphError::new(404, "NotFound", format!("Message {id} of channel {channel} was not found.")))
         }
         ("GET", [t, team, c, channel, m]) if eq(t, "teams") && eq(c, "channels") && eq(m, "messages") => {
             let inner = sim.graph.inner.lock();
