@@ -101,23 +101,30 @@ impl AppState {
     }
 }
 
-/// Logs to stderr at `RUST_LOG` (default `info`). Text lines carry ANSI colours
-/// only when stderr is a terminal and `NO_COLOR` is unset (https://no-color.org),
-/// so files and log collectors get plain text.
-pub fn init_logging(format: LogFormat) {
+/// Sets up log lines and spans ([`botfleet_telemetry::init`]): lines on
+/// stderr at `RUST_LOG` (default `info`), JSON or text as `server.log_format`
+/// says (`auto`: JSON unless stderr is a terminal); text carries ANSI colours
+/// only on a terminal with `NO_COLOR` unset (https://no-color.org). Spans are
+/// exported over OTLP/HTTP when `[telemetry]` or the `OTEL_*` variables name
+/// an endpoint. Call before any async runtime starts; keep the returned
+/// [`botfleet_telemetry::Tracing`] and call its `shutdown` after `serve`
+/// returns, to flush the spans still queued.
+///
+/// Errors: the exporter cannot be built (an endpoint `check` did not catch).
+pub fn init_logging(
+    settings: &Settings,
+) -> Result<botfleet_telemetry::Tracing, botfleet_telemetry::TraceError> {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let lines = match settings.server.log_format.resolved() {
+        LogFormat::Json => botfleet_telemetry::LineFormat::Json,
+        _ => botfleet_telemetry::LineFormat::Text { ansi: colour },
+    };
+    botfleet_telemetry::init(&botfleet_telemetry::TelemetryConfig {
+        lines,
+        trace: settings.telemetry.trace_config(&Environment::process()),
+    })
 }
 
 /// The process-wide outbound machinery: token cache, rate limiter, connector.

@@ -65,15 +65,32 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID_CONFIG);
                 }
             };
-            botfleet_server::init_logging(config.settings.server.log_format);
+            // Before the runtime: the span exporter's blocking HTTP client
+            // must not be built inside one.
+            let tracing = match botfleet_server::init_logging(&config.settings) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("botfleet: telemetry.otlp_endpoint: {e}");
+                    return ExitCode::from(EXIT_INVALID_CONFIG);
+                }
+            };
+            if let Some(endpoint) = tracing.endpoint() {
+                tracing::info!(%endpoint, "exporting spans over OTLP/HTTP");
+            }
             let system = actix_web::rt::System::new();
-            match system.block_on(botfleet_server::serve(config)) {
+            let code = match system.block_on(botfleet_server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "botfleet stopped");
                     ExitCode::FAILURE
                 }
+            };
+            // Outside the runtime, after the server stopped: the spans still
+            // queued are exported (bounded by the export timeout).
+            if let Err(e) = tracing.shutdown() {
+                tracing::warn!(error = %e, "spans still queued at exit were not all exported");
             }
+            code
         }
         Command::CheckConfig { config } => match botfleet_server::settings::load(config.as_deref())
         {

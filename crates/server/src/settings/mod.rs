@@ -17,6 +17,7 @@ pub mod bot;
 pub mod duration;
 pub mod error;
 pub mod sources;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ pub use bot::{
 };
 pub use error::{ConfigError, Origin, SettingsError};
 pub use sources::Environment;
+pub use telemetry::TelemetrySettings;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +48,8 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     pub admin: AdminSettings,
     pub notify: NotifySettings,
+    /// Traces, metrics export and log lines (`[telemetry]`, docs/observability.md).
+    pub telemetry: TelemetrySettings,
     /// Custom clouds (tests, botfleet-sim, sovereign clouds without a preset),
     /// each defined in full.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -59,11 +63,26 @@ pub struct Settings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// One human-readable line per event; coloured only when stderr is a terminal.
+    /// JSON when stderr is not a terminal (a container's log collector),
+    /// text on a terminal.
     #[default]
+    Auto,
+    /// One human-readable line per event; coloured only when stderr is a terminal.
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+impl LogFormat {
+    /// `Auto` decided by whether stderr is a terminal: `Text` or `Json`.
+    pub fn resolved(self) -> Self {
+        use std::io::IsTerminal;
+        match self {
+            Self::Auto if std::io::stderr().is_terminal() => Self::Text,
+            Self::Auto => Self::Json,
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,7 +151,7 @@ impl Default for ServerSettings {
             body_limit_bytes: 256 * 1024,
             handler_deadline: Duration::from_secs(10),
             workers: 0,
-            log_format: LogFormat::Text,
+            log_format: LogFormat::Auto,
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(25),
             tls: None,
@@ -720,6 +739,8 @@ impl Settings {
                 "server.admin_on_public = true: the admin API, /metrics, /healthz and /readyz are served on the public listener too, so everyone who reaches the messaging endpoint reaches them; use it only when that listener is not exposed beyond your operators".into(),
             );
         }
+        self.telemetry.check(env, &mut errors);
+        let mut fail = |key: &str, problem: String| errors.push(ConfigError::new(key, problem));
         let ad = &self.admin;
         if let Some(key) = &ad.bootstrap_key {
             if let Err(problem) = crate::admin::auth::BootstrapKey::new(key) {

@@ -24,7 +24,13 @@ pub const ENV_PREFIX: &str = "BOTFLEET__";
 /// (a path, e.g. a Kubernetes secret mount) or `KEY_env` (a variable name).
 /// `redis_urls` is a list (its URLs may carry a password): its file or
 /// variable holds the URLs one per line or comma-separated.
-pub const SECRET_KEYS: [&str; 4] = ["app_password", "secret", "bootstrap_key", "redis_urls"];
+pub const SECRET_KEYS: [&str; 5] = [
+    "app_password",
+    "secret",
+    "bootstrap_key",
+    "redis_urls",
+    "otlp_headers",
+];
 
 /// The TOML value a secret read from a file or a variable becomes: a string,
 /// or for a list key (`redis_urls`) the entries split on newlines and commas,
