@@ -174,6 +174,11 @@ impl RunningSim {
         )
     }
 
+    /// Base of the sim's Microsoft Graph: `{public url}/graph/v1.0` (no trailing slash).
+    pub fn graph_url(&self) -> String {
+        format!("{}/graph/v1.0", self.sim.settings.public_url)
+    }
+
     /// The JSON `serve` prints on start, `ready` and `url` first so that a
     /// line-oriented reader can match its start.
     pub fn ready_info(&self) -> Value {
@@ -188,6 +193,8 @@ impl RunningSim {
             "openidMetadataUrl": self.openid_metadata_url(),
             "jwksUrl": format!("{base}/v1/.well-known/keys"),
             "tokenUrl": self.token_url(BOTFRAMEWORK_TENANT),
+            "graphUrl": self.graph_url(),
+            "graphOpenidMetadataUrl": format!("{base}/common/.well-known/openid-configuration"),
             "issuer": self.sim.settings.issuer,
             "kid": self.sim.active_kid(),
             "unendorsedKid": self.sim.unendorsed_kid(),

@@ -72,6 +72,7 @@ enum Handshake {
 struct Receiver {
     handshake: Handshake,
     status: u16,
+    /// Delay of the next notification answer (then none).
     delay: Duration,
     validations: Vec<String>,
     posts: Vec<(String, Value)>,
@@ -133,7 +134,8 @@ async fn receive(
         let mut s = state.lock();
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         s.posts.push((req.path().to_owned(), v));
-        (s.status, s.delay)
+        // A delay applies to one answer only.
+        (s.status, std::mem::take(&mut s.delay))
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -1555,5 +1557,99 @@ async fn installed_apps_conflict_rate_limit_and_the_connector_link() {
         .await
         .expect("send");
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_acknowledgement_is_measured_and_retried() {
+    let s = sim().await;
+    let ep = endpoint().await;
+    let token = graph_token(&s, TENANT).await;
+    let mut settings = sim_get(&s, "/config").await;
+    settings["retryDelaysMs"] = json!([10]);
+    settings["batchWindowMs"] = json!(0);
+    control(&s, "/config", settings).await;
+    let body = sub_body(&s, &ep, &format!("/chats/{CHAT}/messages"), 30).await;
+    assert_eq!(
+        graph(&s, &token, "POST", "/subscriptions", Some(body))
+            .await
+            .status,
+        201
+    );
+
+    // 202 after 3.2 s is too late for Graph (2xx within 3 s): measured, retried.
+    ep.set(|r| r.delay = Duration::from_millis(3200));
+    control(
+        &s,
+        &format!("/chats/{CHAT}/messages"),
+        json!({ "tenantId": TENANT, "text": "slow" }),
+    )
+    .await;
+    let list = wait_for("a delivered retry", Duration::from_secs(8), || {
+        let l: Vec<Value> = s
+            .sim()
+            .graph
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.kind == "notification")
+            .map(|d| serde_json::to_value(d).expect("json"))
+            .collect();
+        (l.len() == 2).then_some(l)
+    })
+    .await;
+    assert_eq!(list[0]["outcome"], "late");
+    assert_eq!(list[0]["status"], 202);
+    assert!(list[0]["latencyMs"].as_u64().expect("ms") >= 3200);
+    assert_eq!(list[1]["outcome"], "delivered");
+    assert!(list[1]["latencyMs"].as_u64().expect("ms") < 3000);
+    assert_eq!(
+        ep.posts().len(),
+        2,
+        "the subscriber saw the notification twice (dedupe is its job)"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn retries_stop_once_four_sim_hours_have_passed() {
+    let s = sim().await;
+    let ep = endpoint().await;
+    let token = graph_token(&s, TENANT).await;
+    let mut settings = sim_get(&s, "/config").await;
+    settings["retryDelaysMs"] = json!([600, 600, 600]);
+    settings["batchWindowMs"] = json!(0);
+    control(&s, "/config", settings).await;
+    let body = sub_body(&s, &ep, &format!("/chats/{CHAT}/messages"), 30).await;
+    assert_eq!(
+        graph(&s, &token, "POST", "/subscriptions", Some(body))
+            .await
+            .status,
+        201
+    );
+    ep.set(|r| r.status = 500);
+    control(
+        &s,
+        &format!("/chats/{CHAT}/messages"),
+        json!({ "tenantId": TENANT, "text": "x" }),
+    )
+    .await;
+    wait_for("the first attempt", Duration::from_secs(5), || {
+        (!ep.posts().is_empty()).then_some(())
+    })
+    .await;
+    control(&s, "/clock", json!({ "advanceSeconds": 4 * 3600 + 1 })).await;
+    let last = wait_for("the drop", Duration::from_secs(5), || {
+        s.sim()
+            .graph
+            .deliveries()
+            .into_iter()
+            .find(|d| d.outcome == "dropped")
+    })
+    .await;
+    assert_eq!(ep.posts().len(), 1, "no attempt after the window");
+    assert_eq!(
+        last.detail.as_deref(),
+        Some("retry window of 4 h (sim time) passed")
+    );
     s.stop().await;
 }
