@@ -60,10 +60,6 @@ SECRETS_DIR = "/var/run/secrets/botfleet/"
 # checkov checks skipped, with the reason. Applies to every rendered set unless
 # the set is named.
 CHECKOV_SKIPS: dict[str, tuple[str, set[str] | None]] = {
-    "CKV_K8S_35": ("The Redis URL reaches botfleet as BOTFLEET__STORE__REDIS_URLS from a "
-                   "secretKeyRef: botfleet reads store.redis_urls from its configuration or "
-                   "environment, not from a file (every other secret is a mounted file).",
-                   {"production", "kustomize-production"}),
     "CKV_K8S_43": ("Images are pinned by digest when image.digest is set (the production "
                    "values do); the defaults cannot know the digest of the user's build.",
                    {"default", "minimal", "kustomize-base"}),
@@ -428,18 +424,21 @@ def checksum_annotation_rolls_pods_on_config_change() -> str:
 def generated_botfleet_toml() -> str:
     prod = config_of(SETS.objs["production"])
     assert prod["server"] == {"listen": "0.0.0.0:3978", "admin_listen": "0.0.0.0:9090",
-                              "log_format": "json", "handler_deadline": "10s"}, prod["server"]
+                              "log_format": "json", "handler_deadline": "10s",
+                              "shutdown_delay": "10s", "shutdown_grace": "40s"}, prod["server"]
     assert prod["store"]["backend"] == "redis" and prod["store"]["redis_cluster"] is False
     # Whole numbers stay integers (Helm's toToml would write 32.0, which botfleet refuses).
     assert prod["store"]["redis_pool_size"] == 32 and isinstance(prod["store"]["redis_pool_size"], int)
     assert prod["runtime"]["tenant_activities_per_sec"] == 50
     assert "redis_urls" not in prod["store"], "the Redis URL must come from the Secret, not the ConfigMap"
+    assert prod["store"]["redis_urls_file"] == SECRETS_DIR + "redis-url", prod["store"]
     assert prod["admin"] == {"bootstrap_key_file": SECRETS_DIR + "admin-key"}
     assert [b["id"] for b in prod["bots"]] == ["helpdesk", "alerts"]
     assert prod["bots"][1]["handler"] == {"kind": "webhook", "url": "https://alerts.example.com/teams",
                                           "secret_file": SECRETS_DIR + "alerts-webhook-secret", "timeout": "5s"}
     minimal = config_of(SETS.objs["minimal"])
-    assert minimal == {"server": {"listen": "0.0.0.0:3978", "admin_listen": "0.0.0.0:9090", "log_format": "json"},
+    assert minimal == {"server": {"listen": "0.0.0.0:3978", "admin_listen": "0.0.0.0:9090", "log_format": "json",
+                                  "shutdown_delay": "5s", "shutdown_grace": "25s"},
                        "store": {"backend": "memory"}}, minimal
     # Awkward values survive: quotes, backslashes, non-ASCII, HTML characters,
     # floats, nested tables, lists, keys that need quoting.
@@ -482,6 +481,10 @@ def schema_rejects_bad_values() -> str:
         ({"networkPolicy": {"httpsCidr": "everywhere"}}, "/networkPolicy/httpsCidr", ""),
         ({"podLabels": {"team": 5}}, "/podLabels/team", "want string"),
         ({"ingress": {"hosts": [{"host": "a", "paths": [{"path": "api", "pathType": "Prefix"}]}]}}, "/ingress/hosts/0/paths/0/path", ""),
+        # Derived from shutdown.* now; setting it directly would silently disagree.
+        ({"terminationGracePeriodSeconds": 30}, "additional properties 'terminationGracePeriodSeconds' not allowed", ""),
+        ({"shutdown": {"delaySeconds": 5, "graceSeconds": "25s", "killMarginSeconds": 5}}, "/shutdown/graceSeconds", "want integer"),
+        ({"shutdown": {"delaySeconds": 5, "graceSeconds": 25, "killMarginSeconds": 0}}, "/shutdown/killMarginSeconds", ""),
     ]
     for values, where, what in cases:
         msg = render_error(values)
@@ -505,6 +508,10 @@ def missing_secret_references_are_clear_errors() -> str:
         ({"autoscaling": {"enabled": True}}, "store.backend=memory keeps state inside one pod"),
         ({"config": {"server": {"listen": "0.0.0.0:1"}}}, "config.server.listen is set by the chart"),
         ({"config": {"store": {"redis_urls": ["redis://x"]}}}, "config.store.redis_urls is set by the chart"),
+        ({"config": {"store": {"redis_urls_file": "/x"}}}, "config.store.redis_urls_file is set by the chart"),
+        ({"config": {"server": {"shutdown_grace": "60s"}}}, "config.server.shutdown_grace is set by the chart"),
+        ({"shutdown": {"delaySeconds": 20, "graceSeconds": 20, "killMarginSeconds": 5}},
+         "shutdown.graceSeconds (20) must be more than shutdown.delaySeconds (20)"),
         ({"workloadIdentity": {"enabled": True}}, "workloadIdentity.enabled=true needs workloadIdentity.clientId"),
         ({"httpRoute": {"enabled": True}}, "httpRoute.enabled=true needs httpRoute.parentRefs"),
     ]
@@ -528,9 +535,10 @@ def secrets_stay_in_secrets() -> str:
     secret = one(objs, "Secret")
     assert set(secret["data"]) == {"redis-url", "admin-key"}
     c = botfleet_container(objs)
-    env = {e["name"]: e for e in c["env"]}
-    ref = env["BOTFLEET__STORE__REDIS_URLS"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": RELEASE, "key": "redis-url"}, ref
+    # Every secret is a file of the mounted Secret, the Redis URL included: no
+    # environment variable from a Secret (CKV_K8S_35 passes without a skip).
+    assert not any("valueFrom" in e for e in c.get("env", [])), c.get("env")
+    assert config_of(objs)["store"]["redis_urls_file"] == SECRETS_DIR + "redis-url"
     dep = one(objs, "Deployment")
     vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert vols["secrets"]["secret"]["secretName"] == RELEASE
@@ -539,17 +547,18 @@ def secrets_stay_in_secrets() -> str:
     # With an existing Secret the chart creates none and refers to yours.
     prod = SETS.objs["production"]
     assert "Secret" not in kinds(prod)
-    penv = {e["name"]: e for e in botfleet_container(prod)["env"]}
-    assert penv["BOTFLEET__STORE__REDIS_URLS"]["valueFrom"]["secretKeyRef"]["name"] == "botfleet"
+    pspec = one(prod, "Deployment")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pspec["volumes"]}["secrets"]["secret"]["secretName"] == "botfleet"
+    assert not any("valueFrom" in e for e in botfleet_container(prod).get("env", []))
     # Nothing that looks like a credential in any ConfigMap of any set.
     for name, objs2 in SETS.objs.items():
         for o in objs2:
             if o["kind"] == "ConfigMap":
                 cfg = tomllib.loads(o["data"]["botfleet.toml"])
                 flat = json.dumps(cfg)
-                for key in ('"app_password"', '"secret"', '"bootstrap_key"', '"redis_urls"'):
+                for key in ('"app_password"', '"secret"', '"bootstrap_key"', '"redis_urls"', '"otlp_headers"'):
                     assert key not in flat, f"{name}: ConfigMap has {key}"
-    return "secret values only in the Secret; Redis URL by secretKeyRef; files under " + SECRETS_DIR
+    return "secret values only in the Secret; every secret (Redis URL included) a file under " + SECRETS_DIR
 
 
 @test
@@ -583,6 +592,39 @@ def optional_objects_follow_their_switches() -> str:
     for o in prod:
         assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']} has no namespace"
     return "minimal / default / production object sets; HPA owns replicas; workload identity; digest"
+
+
+@test
+def shutdown_timings_match_the_pod() -> str:
+    """terminationGracePeriodSeconds = shutdown.graceSeconds + killMarginSeconds,
+    and botfleet's own server.shutdown_delay / shutdown_grace from the same
+    values, so the kubelet's SIGKILL never cuts a shutdown within its grace."""
+    sets = {name: SETS.objs[name] for name in ("default", "production", "minimal")}
+    custom = {"delaySeconds": 15, "graceSeconds": 50, "killMarginSeconds": 10}
+    sets["custom"] = objects(render({"shutdown": custom}))
+    seen = []
+    for name, objs in sets.items():
+        values = custom if name == "custom" else \
+            {**yaml.safe_load((CHART / "values.yaml").read_text())["shutdown"],
+             **(load_values(name) or {}).get("shutdown", {})}
+        spec = one(objs, "Deployment")["spec"]["template"]["spec"]
+        server = config_of(objs)["server"]
+        tgps = spec["terminationGracePeriodSeconds"]
+        assert tgps == values["graceSeconds"] + values["killMarginSeconds"], f"{name}: {tgps} vs {values}"
+        assert server["shutdown_delay"] == f"{values['delaySeconds']}s", f"{name}: {server}"
+        assert server["shutdown_grace"] == f"{values['graceSeconds']}s", f"{name}: {server}"
+        assert values["delaySeconds"] < values["graceSeconds"] < tgps
+        # The delay is in the process: no preStop hook (the image has no shell to sleep in).
+        assert "lifecycle" not in botfleet_container(objs), f"{name}: unexpected lifecycle hook"
+        seen.append(f"{name} {values['delaySeconds']}/{values['graceSeconds']}s -> {tgps}s")
+    # The kustomize manifests follow the same rule by hand.
+    for name, delay, grace in (("kustomize-base", 5, 25), ("kustomize-production", 10, 40)):
+        objs = SETS.objs[name]
+        server = config_of(objs)["server"]
+        assert server.get("shutdown_delay", "5s") == f"{delay}s" and server.get("shutdown_grace", "25s") == f"{grace}s", server
+        tgps = one(objs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert tgps == grace + 5, f"{name}: terminationGracePeriodSeconds {tgps}, shutdown_grace {grace}s"
+    return "terminationGracePeriodSeconds = grace + margin; delay/grace in botfleet.toml: " + "; ".join(seen)
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -725,15 +767,16 @@ def check_config(b: str, toml_text: str, tmp: Path, label: str) -> None:
     secrets_dir.mkdir()
     for prefix in (SECRETS_DIR, "/run/secrets/"):
         for name in set(re.findall(re.escape(prefix) + r"([a-zA-Z0-9][-_a-zA-Z0-9.]*[a-zA-Z0-9])", toml_text)):
-            (secrets_dir / name).write_text(secrets.token_urlsafe(40))
+            value = "redis://:" + secrets.token_urlsafe(20) + "@127.0.0.1:6379\n" if name == "redis-url" \
+                else secrets.token_urlsafe(40)
+            (secrets_dir / name).write_text(value)
         toml_text = toml_text.replace(prefix, str(secrets_dir) + "/")
     token = tmp / f"{label}-federated-token"
     token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2ln")
     f = tmp / f"{label}.toml"
     f.write_text(toml_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTFLEET")}
-    env.update({"BOTFLEET__STORE__REDIS_URLS": "redis://127.0.0.1:6379",
-                "AZURE_FEDERATED_TOKEN_FILE": str(token),
+    env.update({"AZURE_FEDERATED_TOKEN_FILE": str(token),
                 "AZURE_CLIENT_ID": "33333333-4444-4555-8666-777777777777",
                 "AZURE_TENANT_ID": "99999999-8888-4777-8666-555555555555",
                 "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com/"})

@@ -87,7 +87,10 @@ install` stop with the message.
 {{- fail (printf "botfleet: admin.bootstrapKey=true needs the key: secrets.values has no key %q (set it, or use secrets.existingSecret)" .Values.secrets.adminKeyKey) -}}
 {{- end -}}
 {{- end -}}
-{{- $owned := dict "server" (list "listen" "admin_listen") "store" (list "backend" "redis_urls" "redis_cluster") "admin" (list "bootstrap_key_file") -}}
+{{- if le (int .Values.shutdown.graceSeconds) (int .Values.shutdown.delaySeconds) -}}
+{{- fail (printf "botfleet: shutdown.graceSeconds (%d) must be more than shutdown.delaySeconds (%d): the grace counts from SIGTERM, the delay included, and in-flight activities finish after the delay" (int .Values.shutdown.graceSeconds) (int .Values.shutdown.delaySeconds)) -}}
+{{- end -}}
+{{- $owned := dict "server" (list "listen" "admin_listen" "shutdown_delay" "shutdown_grace") "store" (list "backend" "redis_urls" "redis_urls_file" "redis_urls_env" "redis_cluster") "admin" (list "bootstrap_key_file") -}}
 {{- range $section, $keys := $owned -}}
 {{- $given := get $.Values.config $section -}}
 {{- if kindIs "map" $given -}}
@@ -114,11 +117,14 @@ The configuration as a dict: the user's config with the keys the chart owns.
 {{- $server := get $c "server" | default dict -}}
 {{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.ports.public)) -}}
 {{- $_ := set $server "admin_listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
+{{- $_ := set $server "shutdown_delay" (printf "%ds" (int .Values.shutdown.delaySeconds)) -}}
+{{- $_ := set $server "shutdown_grace" (printf "%ds" (int .Values.shutdown.graceSeconds)) -}}
 {{- $_ := set $c "server" $server -}}
 {{- $store := get $c "store" | default dict -}}
 {{- $_ := set $store "backend" .Values.store.backend -}}
 {{- if eq .Values.store.backend "redis" -}}
-{{- /* The URL itself comes from the Secret, as BOTFLEET__STORE__REDIS_URLS. */ -}}
+{{- /* The URL itself is a file of the mounted Secret, never in the ConfigMap. */ -}}
+{{- $_ := set $store "redis_urls_file" (printf "%s/%s" (include "botfleet.secretsDir" .) .Values.secrets.redisUrlKey) -}}
 {{- $_ := set $store "redis_cluster" .Values.store.redisCluster -}}
 {{- end -}}
 {{- $_ := set $c "store" $store -}}
