@@ -75,6 +75,13 @@ pub enum HandlerError {
 #[async_trait]
 pub trait BotHandler: Send + Sync + 'static {
     async fn on_turn(&self, turn: &Turn) -> Result<HandlerOutcome, HandlerError>;
+
+    /// The handler kind, a fixed word for metric labels
+    /// (`botfleet_turn_duration_seconds{handler}`): `echo`, `webhook`,
+    /// `notify_only`; other implementations `custom`.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
 }
 
 /// How many recent turns a [`RecordingHandler`] keeps; older ones are only counted.

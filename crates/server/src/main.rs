@@ -77,6 +77,18 @@ fn main() -> ExitCode {
             if let Some(endpoint) = tracing.endpoint() {
                 tracing::info!(%endpoint, "exporting spans over OTLP/HTTP");
             }
+            // The one metrics registry (`/metrics`, and OTLP when an endpoint
+            // is configured), before the runtime for the same reason.
+            match botfleet_server::metrics::install(&config.settings) {
+                Ok(Some(endpoint)) => {
+                    tracing::info!(%endpoint, "exporting metrics over OTLP/HTTP")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("botfleet: telemetry: {e}");
+                    return ExitCode::from(EXIT_INVALID_CONFIG);
+                }
+            }
             let system = actix_web::rt::System::new();
             let code = match system.block_on(botfleet_server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +99,7 @@ fn main() -> ExitCode {
             };
             // Outside the runtime, after the server stopped: the spans still
             // queued are exported (bounded by the export timeout).
+            botfleet_telemetry::metrics::shutdown();
             if let Err(e) = tracing.shutdown() {
                 tracing::warn!(error = %e, "spans still queued at exit were not all exported");
             }

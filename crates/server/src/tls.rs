@@ -262,14 +262,10 @@ impl CertResolver {
     }
 }
 
-/// `botfleet_tls_reload_failures_total` in the Prometheus text format.
-pub fn write_metrics(out: &mut String) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_tls_reload_failures_total Changed TLS certificate or key files that could not be used (the previous certificate stays in use).\n# TYPE botfleet_tls_reload_failures_total counter\nbotfleet_tls_reload_failures_total {}",
-        RELOAD_FAILURES.load(Ordering::Relaxed)
-    );
+/// Changed certificate or key files that could not be used since start
+/// (`botfleet_tls_reload_failures_total`).
+pub fn reload_failures() -> u64 {
+    RELOAD_FAILURES.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ impl RedisPool {
         cluster: bool,
         max_size: usize,
     ) -> Result<Self, RedisPoolError> {
+        botfleet_telemetry::metrics::redis_in_use();
         match urls {
             [] => Err(RedisPoolError::Config("no Redis URL given".into())),
             [one] if !cluster => Self::single(one, max_size),
@@ -78,7 +79,20 @@ impl RedisPool {
         }
     }
 
+    /// A pooled connection. Checkout failures (Redis down, pool exhausted)
+    /// are counted in `botfleet_redis_errors_total{command="checkout"}`.
     pub async fn get(&self) -> Result<RedisConn, RedisPoolError> {
+        let started = std::time::Instant::now();
+        let got = self.checkout().await;
+        botfleet_telemetry::metrics::redis_command(
+            "checkout",
+            started.elapsed().as_secs_f64(),
+            got.is_err(),
+        );
+        got
+    }
+
+    async fn checkout(&self) -> Result<RedisConn, RedisPoolError> {
         match self {
             Self::Single(p) => p
                 .get()
@@ -107,12 +121,16 @@ pub enum RedisConn {
     Cluster(cluster::Connection),
 }
 
+/// Every command of every store goes through these two methods: the one place
+/// Redis latency and errors are measured (`botfleet_redis_command_duration_seconds`,
+/// `botfleet_redis_errors_total`, by command name).
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
+        let fut = match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+        };
+        Box::pin(observed(command_name(cmd), fut))
     }
 
     fn req_packed_commands<'a>(
@@ -121,10 +139,11 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
+        let fut = match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
+        };
+        Box::pin(observed("pipeline", fut))
     }
 
     fn get_db(&self) -> i64 {
@@ -133,6 +152,77 @@ impl ConnectionLike for RedisConn {
             Self::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Times `fut` and counts its failure. `NOSCRIPT` is not a failure: the
+/// `redis` crate's `Script` answers it by loading the script (EVALSHA, then
+/// EVAL), as designed.
+async fn observed<T>(
+    command: &'static str,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    let started = std::time::Instant::now();
+    let r = fut.await;
+    let failed = matches!(&r, Err(e) if e.kind() != redis::ErrorKind::NoScriptError);
+    botfleet_telemetry::metrics::redis_command(command, started.elapsed().as_secs_f64(), failed);
+    r
+}
+
+/// The command's name as a metric label: one of the commands the stores use,
+/// else `other`, so a label never carries a key or an argument.
+fn command_name(cmd: &Cmd) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "EVALSHA",
+        "EVAL",
+        "SCRIPT",
+        "GET",
+        "SET",
+        "DEL",
+        "EXPIRE",
+        "PEXPIRE",
+        "HGET",
+        "HSET",
+        "HMGET",
+        "HGETALL",
+        "HDEL",
+        "HINCRBY",
+        "ZADD",
+        "ZREM",
+        "ZRANGE",
+        "ZRANGEBYLEX",
+        "ZRANGEBYSCORE",
+        "ZCARD",
+        "SCAN",
+        "XADD",
+        "XREADGROUP",
+        "XACK",
+        "XAUTOCLAIM",
+        "XCLAIM",
+        "XGROUP",
+        "XPENDING",
+        "XLEN",
+        "XDEL",
+        "XINFO",
+        "PING",
+        "INCR",
+        "INCRBY",
+        "MGET",
+        "EXISTS",
+        "PTTL",
+        "TTL",
+        "SADD",
+        "SREM",
+        "SMEMBERS",
+        "PUBLISH",
+    ];
+    let Some(redis::Arg::Simple(name)) = cmd.args_iter().next() else {
+        return "other";
+    };
+    KNOWN
+        .iter()
+        .find(|k| k.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Test support: the Redis servers `scripts/test` started.

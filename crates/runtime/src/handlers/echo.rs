@@ -18,6 +18,10 @@ impl EchoHandler {
 
 #[async_trait]
 impl BotHandler for EchoHandler {
+    fn kind(&self) -> &'static str {
+        "echo"
+    }
+
     async fn on_turn(&self, turn: &Turn) -> Result<HandlerOutcome, HandlerError> {
         if turn.activity.activity_type() != ActivityType::Message {
             return Ok(HandlerOutcome::Done);

@@ -22,6 +22,10 @@ impl NotifyOnlyHandler {
 
 #[async_trait]
 impl BotHandler for NotifyOnlyHandler {
+    fn kind(&self) -> &'static str {
+        "notify_only"
+    }
+
     async fn on_turn(&self, turn: &Turn) -> Result<HandlerOutcome, HandlerError> {
         if turn.activity.activity_type() != ActivityType::Message {
             return Ok(HandlerOutcome::Done);
