@@ -772,8 +772,8 @@ impl Sim {
         self.inner.lock().faults.config.token_endpoint_down
     }
 
-    /// Clears records, counters, rate-limit windows and faults; keeps keys,
-    /// bots and conversations.
+    /// Clears records, counters, rate-limit windows and faults (Graph's too);
+    /// keeps keys, bots, conversations and Graph subscriptions, chats and the clock.
     pub fn reset(&self) {
         let mut inner = self.inner.lock();
         inner.activities.clear();
@@ -783,6 +783,8 @@ impl Sim {
         inner.stats = Stats::default();
         inner.limiter.clear();
         inner.faults = FaultState::default();
+        drop(inner);
+        self.graph.reset();
     }
 
     pub(crate) fn now_stamp() -> (u64, String) {

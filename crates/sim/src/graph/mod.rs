@@ -387,6 +387,19 @@ impl GraphState {
         self.inner.lock().faults.clone()
     }
 
+    /// Clears delivery records, faults, the pause and throttling windows
+    /// (`POST /_sim/reset`); subscriptions, chats, installations and the clock stay.
+    pub fn reset(&self) {
+        let mut inner = self.inner.lock();
+        inner.deliveries.clear();
+        inner.faults = GraphFaults::default();
+        inner.paused = false;
+        inner.dropped_while_paused = 0;
+        inner.write_windows.clear();
+        inner.install_windows.clear();
+        inner.install_windows_app.clear();
+    }
+
     /// Every delivery record, oldest first.
     pub fn deliveries(&self) -> Vec<DeliveryRecord> {
         self.inner.lock().deliveries.iter().cloned().collect()
