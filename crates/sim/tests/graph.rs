@@ -1165,6 +1165,27 @@ async fn lifecycle_events_reach_the_lifecycle_url() {
         .await
         .expect("post");
     assert_eq!(r.status(), 404, "gone");
+    // While delivery is paused, lifecycle notifications are dropped too.
+    let b = graph(
+        &s,
+        &token,
+        "POST",
+        "/subscriptions",
+        Some(sub_body(&s, &ep, &format!("/chats/{CHAT}/messages"), 120).await),
+    )
+    .await;
+    assert_eq!(b.status, 201, "{}", b.body);
+    control(&s, "/delivery", json!({ "paused": true })).await;
+    let id = b.body["id"].as_str().expect("id");
+    control(
+        &s,
+        &format!("/subscriptions/{id}/lifecycle"),
+        json!({ "event": "reauthorizationRequired" }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ep.posts().len(), 2);
+    assert_eq!(sim_get(&s, "/delivery").await["droppedWhilePaused"], 1);
     s.stop().await;
 }
 

@@ -169,8 +169,14 @@ pub fn lifecycle(sim: &Arc<Sim>, sub: &Subscription, event: &str) -> bool {
         "lifecycleEvent": event,
     }]});
     let ids = vec![sub.id.clone()];
-    if sim.graph.inner.lock().paused {
-        sim.graph.inner.lock().dropped_while_paused += 1;
+    let paused = {
+        let mut inner = sim.graph.inner.lock();
+        if inner.paused {
+            inner.dropped_while_paused += 1;
+        }
+        inner.paused
+    };
+    if paused {
         sim.graph
             .record(dropped_record("lifecycle", &url, &ids, "delivery paused"));
         return true;
