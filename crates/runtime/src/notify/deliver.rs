@@ -252,10 +252,21 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
         Lookup::Create => None,
     };
 
-    let attempt = match jobs
-        .begin_send(item, &ctx.consumer, ctx.config.lease, now_ms())
-        .await?
-    {
+    // No send of this target under way here (and none whose outcome was
+    // lost): a `sending` marker of this consumer is one whose begin's answer
+    // was lost, and is resumed instead of waiting out its lease.
+    let marker = (item.job_id.clone(), item.target.key());
+    let resume_own = ctx.sending.lock().insert(marker.clone());
+    let begun = while_unavailable(ctx, item, "take the target's marker", || {
+        jobs.begin_send_resuming(item, &ctx.consumer, ctx.config.lease, now_ms(), resume_own)
+    })
+    .await;
+    if resume_own && !matches!(begun, Ok(BeginSend::Begun { .. })) {
+        // Nothing begun by this call (or its answer is lost for good, in which
+        // case nothing was sent either): not a send under way.
+        ctx.sending.lock().remove(&marker);
+    }
+    let attempt = match begun? {
         BeginSend::Begun { attempt, takeover } => {
             if takeover {
                 // The previous sender died with its send in flight: Teams may
@@ -268,7 +279,12 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
                         None,
                         Some(TAKEOVER_DETAIL.into()),
                     );
-                    return finish(ctx, item, outcome).await;
+                    let finished = finish(ctx, item, outcome).await;
+                    if resume_own {
+                        // Nothing sent by this process under this marker.
+                        ctx.sending.lock().remove(&marker);
+                    }
+                    return finished;
                 }
                 tracing::warn!(job = %item.job_id, target = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended and sending again (ambiguous_send = resend: the documented duplicate window)");
             }
@@ -331,20 +347,41 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
         (Target::Conversation { .. }, None) => failed(reasons::REFERENCE_MISSING, None, None),
     };
 
+    let recorded = record_outcome(ctx, item, &outcome).await;
+    if recorded.is_ok() || !resume_own {
+        // Recorded: no longer under way. (Not inserted by this call: a
+        // duplicate's; left to the send that owns it.) A send whose outcome
+        // could not be recorded stays in the set, so this process never
+        // resumes its marker as unsent.
+        if resume_own {
+            ctx.sending.lock().remove(&marker);
+        }
+    }
+    let done = recorded?;
     if let JobOutcome::Retry { next_at_ms, reason } = &outcome {
         let wait = Duration::from_millis(next_at_ms.saturating_sub(now_ms()));
         if reason == reasons::THROTTLED && wait <= ctx.config.local_requeue_max {
-            record_outcome(ctx, item, &outcome).await?;
             return Ok(Finished::Requeue(Box::new(r), wait));
         }
     }
-    finish(ctx, item, outcome).await
+    settle(ctx, item, outcome, done).await
 }
 
 /// Records `outcome`, then acknowledges the item (or queues it again for a retry).
 async fn finish(ctx: &Ctx, item: &WorkItem, outcome: JobOutcome) -> StoreResult<Finished> {
-    let jobs = ctx.jobs.as_ref();
     let done = record_outcome(ctx, item, &outcome).await?;
+    settle(ctx, item, outcome, done).await
+}
+
+/// After `outcome` was recorded (`done`): acknowledges the item, or queues
+/// it again for a retry, and counts it.
+async fn settle(
+    ctx: &Ctx,
+    item: &WorkItem,
+    outcome: JobOutcome,
+    done: botfleet_store::jobs::FinishSend,
+) -> StoreResult<Finished> {
+    let jobs = ctx.jobs.as_ref();
     let tally = match &outcome {
         JobOutcome::Retry { next_at_ms, reason } => {
             jobs.reschedule(item, *next_at_ms).await?;
@@ -387,20 +424,37 @@ async fn record_outcome(
     item: &WorkItem,
     outcome: &JobOutcome,
 ) -> StoreResult<botfleet_store::jobs::FinishSend> {
+    while_unavailable(ctx, item, "record an outcome", || {
+        ctx.jobs
+            .finish_send(&item.job_id, &item.target, outcome, now_ms())
+    })
+    .await
+}
+
+/// Runs `call` again while the job store is unavailable, for up to the
+/// marker's lease (a Redis restart or failover takes seconds): a lost answer
+/// is retried by the live sender that knows what it did, rather than left
+/// for the lease to end and another replica to guess.
+async fn while_unavailable<T, F, Fut>(
+    ctx: &Ctx,
+    item: &WorkItem,
+    what: &str,
+    mut call: F,
+) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
     let give_up = std::time::Instant::now() + ctx.config.lease;
     let mut failures = 0u32;
     loop {
-        match ctx
-            .jobs
-            .finish_send(&item.job_id, &item.target, outcome, now_ms())
-            .await
-        {
+        match call().await {
             Err(botfleet_store::jobs::JobStoreError::Unavailable(e))
                 if std::time::Instant::now() < give_up =>
             {
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(job = %item.job_id, error = %e, "notification delivery: cannot record an outcome (job store unavailable); retrying until it is back");
+                    tracing::warn!(job = %item.job_id, error = %e, "notification delivery: cannot {what} (job store unavailable); retrying until it is back");
                 }
                 let wait = Duration::from_millis(100)
                     .saturating_mul(failures.min(10))

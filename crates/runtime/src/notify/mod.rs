@@ -185,6 +185,13 @@ impl NotifierConfig {
         (self.reclaim_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(15))
     }
 
+    /// How often the items in hand are touched so they do not look idle to
+    /// other replicas' reclaim: a third of [`NotifierConfig::reclaim_idle`],
+    /// between 100 ms and 20 s (two touches can fail before one is late).
+    pub fn touch_every(&self) -> Duration {
+        (self.reclaim_idle / 3).clamp(Duration::from_millis(100), Duration::from_secs(20))
+    }
+
     /// How often the active jobs are checked for an expansion nobody holds: a
     /// third of [`NotifierConfig::expansion_lease`], between 100 ms and 10 s.
     pub fn sweep_every(&self) -> Duration {
@@ -296,6 +303,14 @@ pub(crate) struct Ctx {
     expanding: Mutex<HashSet<String>>,
     /// Items in hand (taken, not finished), for the taker's backpressure.
     in_hand: AtomicUsize,
+    /// Entry ids of the items in hand: the toucher keeps them from looking
+    /// idle to other replicas' reclaim while they wait here.
+    held: Mutex<HashSet<String>>,
+    /// (job, target key) of the sends this process has begun and not yet
+    /// recorded (or whose outcome it failed to record: those stay, so they
+    /// are never resumed as unsent). A marker of this consumer for a target
+    /// not in here was never sent under: it may be resumed at once.
+    sending: Mutex<HashSet<(String, String)>>,
 }
 
 /// The running notifier of this process; dropping it stops its tasks.
@@ -340,6 +355,8 @@ impl Notifier {
             anchors: Mutex::new(HashMap::new()),
             expanding: Mutex::new(HashSet::new()),
             in_hand: AtomicUsize::new(0),
+            held: Mutex::new(HashSet::new()),
+            sending: Mutex::new(HashSet::new()),
         });
         let (items_tx, items_rx) = mpsc::channel::<Vec<Resolved>>(16);
         let tasks = vec![
@@ -347,6 +364,7 @@ impl Notifier {
             tokio::spawn(dispatch_loop(ctx.clone(), items_rx)),
             tokio::spawn(reclaim_loop(ctx.clone(), items_tx)),
             tokio::spawn(sweep_loop(ctx.clone())),
+            tokio::spawn(touch_loop(ctx.clone())),
         ];
         tracing::info!(consumer = %ctx.consumer, workers = ctx.config.workers, "notifier started");
         Self { ctx, tasks }
@@ -716,9 +734,61 @@ async fn take_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
             job_cache.clear();
         }
         let resolved = resolve(&ctx, items, &mut job_cache).await;
-        ctx.in_hand.fetch_add(resolved.len(), Relaxed);
+        hold(&ctx, &resolved);
         if tx.send(resolved).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Counts items as in hand (taken, not finished) and remembers their entries
+/// for the toucher.
+fn hold(ctx: &Ctx, items: &[Resolved]) {
+    ctx.in_hand.fetch_add(items.len(), Relaxed);
+    let mut held = ctx.held.lock();
+    for r in items {
+        held.insert(r.item.entry_id.clone());
+    }
+}
+
+/// An item in hand finished here (acknowledged, rescheduled or left for reclaim).
+fn release_hold(ctx: &Ctx, entry_id: &str) {
+    ctx.in_hand.fetch_sub(1, Relaxed);
+    ctx.held.lock().remove(entry_id);
+}
+
+/// Keeps the items in hand from looking idle to other replicas' reclaim
+/// (`JobStore::touch` every [`NotifierConfig::touch_every`]). Without it, an
+/// item waiting here while its tenant is paused (rate limit, `Retry-After`,
+/// the per-tenant in-flight cap) for longer than `reclaim_idle` would be
+/// taken over by a replica that thinks this one died, again and again, until
+/// it is dead-lettered.
+async fn touch_loop(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(ctx.config.touch_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ids: Vec<String> = ctx.held.lock().iter().cloned().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        match ctx.jobs.touch(&ctx.consumer, &ids).await {
+            Ok(lost) if !lost.is_empty() => {
+                // Acknowledged meanwhile (normal), or taken over because an
+                // earlier touch came too late (the marker keeps it single).
+                let mut held = ctx.held.lock();
+                for id in &lost {
+                    held.remove(id);
+                }
+                tracing::debug!(
+                    count = lost.len(),
+                    "notifier: items in hand no longer this replica's"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "notifier: cannot refresh the items in hand; next tick retries (if it stays down past reclaim_idle other replicas may take them over)");
+            }
         }
     }
 }
@@ -760,7 +830,7 @@ async fn reclaim_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
         );
         job_cache.clear();
         let resolved = resolve(&ctx, reclaimed.items, &mut job_cache).await;
-        ctx.in_hand.fetch_add(resolved.len(), Relaxed);
+        hold(&ctx, &resolved);
         if tx.send(resolved).await.is_err() {
             return;
         }
@@ -771,7 +841,7 @@ async fn reclaim_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
 
 async fn dispatch_loop(ctx: Arc<Ctx>, mut items: mpsc::Receiver<Vec<Resolved>>) {
     let mut queue: FairQueue<Resolved> = FairQueue::new(ctx.config.per_tenant);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Finished)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, String, Finished)>();
     let mut in_flight = 0usize;
     loop {
         let now = Instant::now();
@@ -783,8 +853,9 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut items: mpsc::Receiver<Vec<Resolved>>) 
             let ctx = ctx.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
+                let entry = r.item.entry_id.clone();
                 let finished = deliver::run(ctx, r).await;
-                let _ = done.send((tenant, finished));
+                let _ = done.send((tenant, entry, finished));
             });
         }
         let wake = queue
@@ -801,11 +872,11 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut items: mpsc::Receiver<Vec<Resolved>>) 
                 }
                 None => return,
             },
-            Some((tenant, finished)) = done_rx.recv() => {
+            Some((tenant, entry, finished)) = done_rx.recv() => {
                 in_flight -= 1;
                 match finished {
                     Finished::Done(tally) => {
-                        ctx.in_hand.fetch_sub(1, Relaxed);
+                        release_hold(&ctx, &entry);
                         if tally == Tally::Retried {
                             tracing::trace!("notification attempt rescheduled");
                         }

@@ -615,12 +615,55 @@ impl JobStore for MemoryJobStore {
             .collect())
     }
 
-    async fn begin_send(
+    async fn touch(
+        &self,
+        consumer: &str,
+        entry_ids: &[String],
+    ) -> Result<Vec<String>, JobStoreError> {
+        let mut inner = self.inner.lock();
+        let mut lost = Vec::new();
+        for id in entry_ids {
+            match entry_seq(id).and_then(|seq| inner.taken.get_mut(&seq)) {
+                Some(t) if t.consumer == consumer => t.delivered_at = Instant::now(),
+                _ => lost.push(id.clone()),
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn release(&self, consumer: &str, items: &[WorkItem]) -> Result<usize, JobStoreError> {
+        let mut released = 0;
+        {
+            let mut inner = self.inner.lock();
+            for item in items {
+                let Some(seq) = entry_seq(&item.entry_id) else {
+                    continue;
+                };
+                if inner
+                    .taken
+                    .get(&seq)
+                    .is_some_and(|t| t.consumer == consumer)
+                {
+                    if let Some(t) = inner.taken.remove(&seq) {
+                        inner.push_ready(&t.item.job_id, t.item.target, t.item.attempt);
+                        released += 1;
+                    }
+                }
+            }
+        }
+        if released > 0 {
+            self.ready.notify_waiters();
+        }
+        Ok(released)
+    }
+
+    async fn begin_send_resuming(
         &self,
         item: &WorkItem,
         consumer: &str,
         lease: Duration,
         now_ms: u64,
+        resume_own: bool,
     ) -> Result<BeginSend, JobStoreError> {
         let mut inner = self.inner.lock();
         let Some(job) = inner.jobs.get_mut(&item.job_id) else {
@@ -637,6 +680,25 @@ impl JobStore for MemoryJobStore {
                 return Ok(BeginSend::NotDue { at_ms: *next_at_ms })
             }
             DeliveryState::Retrying { .. } => false,
+            DeliveryState::Sending {
+                consumer: owner, ..
+            } if resume_own && owner == consumer => {
+                // Its own marker, whose begin's answer it lost: nothing was sent.
+                job.set_target(
+                    &key,
+                    DeliveryState::Sending {
+                        entry_id: item.entry_id.clone(),
+                        consumer: consumer.to_owned(),
+                        since_ms: now_ms,
+                    },
+                    now_ms,
+                );
+                let attempt = job.targets.get(&key).map_or(1, |e| e.attempts.max(1));
+                return Ok(BeginSend::Begun {
+                    attempt,
+                    takeover: false,
+                });
+            }
             DeliveryState::Sending {
                 entry_id, since_ms, ..
             } => {

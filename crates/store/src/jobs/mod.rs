@@ -66,6 +66,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+#[cfg(test)]
+mod hold_tests;
 mod memory;
 mod redis_store;
 
@@ -661,7 +663,57 @@ pub trait JobStore: Send + Sync {
         consumer: &str,
         lease: Duration,
         now_ms: u64,
+    ) -> Result<BeginSend, JobStoreError> {
+        self.begin_send_resuming(item, consumer, lease, now_ms, false)
+            .await
+    }
+
+    /// [`JobStore::begin_send`], and with `resume_own` a `Sending` marker
+    /// that `consumer` itself wrote is taken again at once, within its lease,
+    /// as `Begun { takeover: false }` (its attempt count unchanged).
+    ///
+    /// The caller asserts with `resume_own` that it has no send of this
+    /// target under way and never sent under that marker: the marker is left
+    /// over from a `begin_send` whose answer it lost (a Redis restart or a
+    /// broken connection after the script ran), so nothing was sent and
+    /// waiting out the lease (then reporting `delivery_unknown`) would only
+    /// delay the target. Consumer names are unique per process
+    /// ([`consumer_name`]), so only the process that wrote the marker can
+    /// resume it.
+    async fn begin_send_resuming(
+        &self,
+        item: &WorkItem,
+        consumer: &str,
+        lease: Duration,
+        now_ms: u64,
+        resume_own: bool,
     ) -> Result<BeginSend, JobStoreError>;
+
+    /// Keeps items `consumer` still holds (taken, not finished: waiting in
+    /// its queues while their tenant is paused, or in flight) from looking
+    /// idle, so [`JobStore::reclaim`] elsewhere does not take them over
+    /// while their holder is alive: their idle time restarts at zero and
+    /// their delivery count is unchanged (Redis: `XCLAIM <id> JUSTID` to
+    /// the same consumer, only for entries it still owns). A holder touches
+    /// its items well within `reclaim_idle`; a dead holder stops touching,
+    /// so its items are reclaimed after `reclaim_idle` as before.
+    ///
+    /// Returns the entry ids that are no longer `consumer`'s (acknowledged,
+    /// or reclaimed by another consumer): the holder should drop them.
+    async fn touch(
+        &self,
+        consumer: &str,
+        entry_ids: &[String],
+    ) -> Result<Vec<String>, JobStoreError>;
+
+    /// Gives items `consumer` holds and will not start back to the consumer
+    /// group (graceful shutdown): each is queued again as a new entry, ready
+    /// for any consumer's next [`JobStore::take`] at once (not after
+    /// `reclaim_idle`), and its old entry acknowledged. Items no longer
+    /// `consumer`'s are skipped. Their targets' state is not changed (they
+    /// are `Pending` or `Retrying`: nothing was begun). Returns how many were
+    /// given back.
+    async fn release(&self, consumer: &str, items: &[WorkItem]) -> Result<usize, JobStoreError>;
 
     /// Records a target's outcome and the job's counts atomically (from
     /// `Pending`, `Retrying` or `Sending`; a final target is left as it is).

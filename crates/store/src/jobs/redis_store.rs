@@ -212,7 +212,8 @@ end
 return tostring(redis.call('ZCARD', IX['pending']) + redis.call('ZCARD', IX['retrying']))
 "#;
 
-/// Job KEYS. ARGV: target key, entry id, consumer, lease ms, now.
+/// Job KEYS. ARGV: target key, entry id, consumer, lease ms, now, resume own
+/// ('1': a `sending` marker of this consumer is taken again at once).
 /// Returns {'unknown'}, {'final', kind}, {'not_due', at}, {'in_flight', entry, since}
 /// or {'begun', attempt, takeover 0/1}.
 const BEGIN: &str = r#"
@@ -232,13 +233,17 @@ if k == 'retrying' and tonumber(m.s.next_at_ms) > now then
   return {'not_due', string.format('%d', m.s.next_at_ms)}
 end
 local takeover = '0'
-if k == 'sending' then
-  if tonumber(m.s.since_ms) + tonumber(ARGV[4]) > now then
-    return {'in_flight', m.s.entry_id, string.format('%d', m.s.since_ms)}
-  end
-  takeover = '1'
-end
 local a = (tonumber(m.a) or 0) + 1
+if k == 'sending' then
+  if ARGV[6] == '1' and m.s.consumer == ARGV[3] then
+    -- Its own marker, whose begin's answer it lost: nothing was sent.
+    a = math.max(tonumber(m.a) or 1, 1)
+  elseif tonumber(m.s.since_ms) + tonumber(ARGV[4]) > now then
+    return {'in_flight', m.s.entry_id, string.format('%d', m.s.since_ms)}
+  else
+    takeover = '1'
+  end
+end
 move(key, k, '', 'sending', '')
 put(key, 'sending', a, now, string.format('{"state":"sending","entry_id":%s,"consumer":%s,"since_ms":%d}',
   cjson.encode(ARGV[2]), cjson.encode(ARGV[3]), now))
@@ -300,6 +305,42 @@ const ACK: &str = r#"
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
+"#;
+
+/// KEYS: work stream. ARGV: group, consumer, entry ids. Restarts the idle
+/// time of the entries this consumer still owns (`XCLAIM ... JUSTID` to
+/// itself: the delivery count is unchanged); returns the ids it does not own.
+const TOUCH: &str = r#"
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+"#;
+
+/// KEYS: work stream. ARGV: group, consumer, entry ids. Queues each entry this
+/// consumer owns again as a new entry (same fields) and acknowledges the old
+/// one; returns how many.
+const RELEASE: &str = r#"
+local n = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    local r = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+    if r[1] then
+      redis.call('XADD', KEYS[1], '*', unpack(r[1][2]))
+      n = n + 1
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+  end
+end
+return n
 "#;
 
 /// KEYS: work stream, due zset. ARGV: group, entry id, due at, member.
@@ -417,6 +458,8 @@ struct Scripts {
     reschedule: Script,
     reclaim: Script,
     claim_expansion: Script,
+    touch: Script,
+    release: Script,
 }
 
 impl std::fmt::Debug for RedisJobStore {
@@ -522,6 +565,8 @@ impl RedisJobStore {
                 reschedule: Script::new(RESCHEDULE),
                 reclaim: Script::new(RECLAIM),
                 claim_expansion: Script::new(CLAIM_EXPANSION),
+                touch: Script::new(TOUCH),
+                release: Script::new(RELEASE),
             },
         }
     }
@@ -1360,12 +1405,58 @@ impl JobStore for RedisJobStore {
             .collect())
     }
 
-    async fn begin_send(
+    async fn touch(
+        &self,
+        consumer: &str,
+        entry_ids: &[String],
+    ) -> Result<Vec<String>, JobStoreError> {
+        let mut lost = Vec::new();
+        if entry_ids.is_empty() {
+            return Ok(lost);
+        }
+        let mut conn = self.conn().await?;
+        // Batches keep each script call short (Redis runs one at a time).
+        for chunk in entry_ids.chunks(500) {
+            let mut inv = self.scripts.touch.prepare_invoke();
+            inv.key(self.queue_key("work"))
+                .arg(&self.options.group)
+                .arg(consumer);
+            for id in chunk {
+                inv.arg(id);
+            }
+            let gone: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+            lost.extend(gone);
+        }
+        Ok(lost)
+    }
+
+    async fn release(&self, consumer: &str, items: &[WorkItem]) -> Result<usize, JobStoreError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn().await?;
+        let mut released = 0;
+        for chunk in items.chunks(500) {
+            let mut inv = self.scripts.release.prepare_invoke();
+            inv.key(self.queue_key("work"))
+                .arg(&self.options.group)
+                .arg(consumer);
+            for item in chunk {
+                inv.arg(&item.entry_id);
+            }
+            let n: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+            released += usize::try_from(n).unwrap_or(0);
+        }
+        Ok(released)
+    }
+
+    async fn begin_send_resuming(
         &self,
         item: &WorkItem,
         consumer: &str,
         lease: Duration,
         now_ms: u64,
+        resume_own: bool,
     ) -> Result<BeginSend, JobStoreError> {
         let keys = self.job_keys(&item.job_id).all();
         let mut conn = self.conn().await?;
@@ -1375,6 +1466,7 @@ impl JobStore for RedisJobStore {
             .arg(consumer)
             .arg(ms(lease))
             .arg(now_ms)
+            .arg(if resume_own { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
