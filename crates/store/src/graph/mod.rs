@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 use thiserror::Error;
 
+pub mod credentials;
 mod memory;
 mod redis_store;
 
