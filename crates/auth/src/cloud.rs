@@ -96,6 +96,34 @@ impl Cloud {
         }
     }
 
+    /// Microsoft Graph of a preset cloud: `(graph_url, graph_openid_metadata_url)`,
+    /// the Graph v1.0 base and the OpenID metadata whose keys sign Graph's
+    /// change-notification validation tokens
+    /// (https://learn.microsoft.com/graph/deployments#microsoft-graph-and-graph-explorer-service-root-endpoints,
+    /// https://learn.microsoft.com/graph/change-notifications-with-resource-data#validation-tokens-in-the-change-notification).
+    /// `None` for a custom cloud: botfleet's `[graph]` settings give both.
+    pub fn graph_endpoints(&self) -> Option<(&'static str, &'static str)> {
+        match self.name.as_str() {
+            "public" => Some((
+                "https://graph.microsoft.com/v1.0",
+                "https://login.microsoftonline.com/common/.well-known/openid-configuration",
+            )),
+            "gcch" => Some((
+                "https://graph.microsoft.us/v1.0",
+                "https://login.microsoftonline.us/common/.well-known/openid-configuration",
+            )),
+            "dod" => Some((
+                "https://dod-graph.microsoft.us/v1.0",
+                "https://login.microsoftonline.us/common/.well-known/openid-configuration",
+            )),
+            "china" => Some((
+                "https://microsoftgraph.chinacloudapi.cn/v1.0",
+                "https://login.partner.microsoftonline.cn/common/.well-known/openid-configuration",
+            )),
+            _ => None,
+        }
+    }
+
     /// The token endpoint for a bot: the cloud's multi-tenant authority, or the
     /// bot's own tenant for single-tenant bots (all new registrations).
     pub fn token_url(&self, single_tenant: Option<&str>) -> String {

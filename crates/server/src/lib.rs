@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod graph;
 pub mod ingress_http;
 pub mod notify;
 pub mod problem;
@@ -91,6 +92,8 @@ pub struct AppState {
     pub notifier: Arc<botfleet_runtime::notify::Notifier>,
     /// Set on SIGTERM/SIGINT: `/readyz` answers 503 from then on.
     pub draining: Arc<shutdown::Draining>,
+    /// Graph change notifications (docs/graph.md).
+    pub graph: Option<Arc<botfleet_graph::GraphService>>,
 }
 
 impl AppState {
@@ -323,6 +326,16 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         notify_clients,
         runtime.counters().clone(),
     );
+    let graph = graph::build(
+        &settings,
+        redis.as_ref(),
+        &prepared,
+        outbound.tokens.clone(),
+        admin.notifications.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Store(format!("Graph subscriptions: {e}")))?;
+    let admin = admin.with_graph(graph.clone());
     let admin = Arc::new(admin);
     admin.spawn_audit_retention(Duration::from_secs(3600));
     if settings.admin.bootstrap_key.is_none() {
@@ -345,6 +358,7 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         rejections: Mutex::new(BTreeMap::new()),
         notifier,
         draining: Arc::default(),
+        graph: Some(graph),
     })
 }
 
@@ -603,6 +617,7 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
         App::new()
             .app_data(state.clone())
             .configure(ingress_http::configure)
+            .configure(graph::configure)
             .configure(|cfg| {
                 if admin_on_public {
                     operations(cfg, &state);
@@ -679,6 +694,11 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
     let (public, admin) = (public.run(), admin.run());
     let (public_handle, admin_handle) = (public.handle(), admin.handle());
     let draining = state.draining.clone();
+    if let Some(g) = &state.graph {
+        // Graph must reach this URL: `graph.public_url` when set, else the listener's.
+        g.set_public_url(&url);
+        g.start();
+    }
     actix_web::rt::spawn(announce_when_ready(state, url, admin_url));
     actix_web::rt::spawn(async move {
         // The notifier exposes no stop yet: its tasks end with the process,

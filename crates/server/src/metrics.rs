@@ -85,6 +85,7 @@ pub(crate) fn register(state: &Arc<AppState>) {
     notify_metrics(&meter, Arc::downgrade(state));
     registry_metrics(&meter, Arc::downgrade(state));
     signing_key_metrics(&meter, Arc::downgrade(state));
+    crate::graph::register_metrics(&meter, Arc::downgrade(state));
     let _ = meter
         .u64_observable_counter("botfleet_tls_reload_failures")
         .with_description("Changed TLS certificate or key files that could not be used (the previous certificate stays in use).")

@@ -188,6 +188,10 @@ pub enum Action {
     NotificationsCreate,
     NotificationsGet,
     NotificationsCancel,
+    GraphSubscriptionsList,
+    GraphSubscriptionsGet,
+    GraphSubscriptionsCreate,
+    GraphSubscriptionsDelete,
 }
 
 impl Action {
@@ -210,6 +214,10 @@ impl Action {
             Self::NotificationsCreate => "notifications.create",
             Self::NotificationsGet => "notifications.get",
             Self::NotificationsCancel => "notifications.cancel",
+            Self::GraphSubscriptionsList => "graph.subscriptions.list",
+            Self::GraphSubscriptionsGet => "graph.subscriptions.get",
+            Self::GraphSubscriptionsCreate => "graph.subscriptions.create",
+            Self::GraphSubscriptionsDelete => "graph.subscriptions.delete",
         }
     }
 
@@ -225,6 +233,11 @@ impl Action {
             Self::AuditList => Permission::AuditRead,
             Self::NotificationsCreate | Self::NotificationsCancel => Permission::NotificationsSend,
             Self::NotificationsGet => Permission::NotificationsRead,
+            // A subscription acts as its bot: bot roles and scopes apply.
+            Self::GraphSubscriptionsList | Self::GraphSubscriptionsGet => Permission::BotsRead,
+            Self::GraphSubscriptionsCreate | Self::GraphSubscriptionsDelete => {
+                Permission::BotsWrite
+            }
         }
     }
 
@@ -241,6 +254,8 @@ impl Action {
                 | Self::KeysRevoke
                 | Self::NotificationsCreate
                 | Self::NotificationsCancel
+                | Self::GraphSubscriptionsCreate
+                | Self::GraphSubscriptionsDelete
         )
     }
 }
@@ -487,9 +502,9 @@ impl Call {
 
     fn ok_status(&self) -> u16 {
         match self.action {
-            Action::BotsCreate | Action::KeysCreate => 201,
+            Action::BotsCreate | Action::KeysCreate | Action::GraphSubscriptionsCreate => 201,
             Action::NotificationsCreate => 202,
-            Action::BotsDelete | Action::KeysRevoke => 204,
+            Action::BotsDelete | Action::KeysRevoke | Action::GraphSubscriptionsDelete => 204,
             _ => 200,
         }
     }

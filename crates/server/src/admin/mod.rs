@@ -38,6 +38,7 @@ pub mod auth;
 pub mod bots;
 pub mod conversations;
 pub mod error;
+pub mod graph;
 pub mod keys;
 pub mod notifications;
 pub mod openapi;
@@ -148,6 +149,8 @@ pub struct AdminState {
     pub(crate) credential_dirs: Vec<std::path::PathBuf>,
     /// Notification jobs; `None` answers the notification routes 503.
     pub(crate) notifications: Option<notifications::NotificationsState>,
+    /// Graph subscriptions; `None` answers the Graph routes 503.
+    pub(crate) graph: Option<Arc<botfleet_graph::GraphService>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -190,6 +193,7 @@ impl AdminState {
             clouds: config.clouds,
             credential_dirs: config.credential_dirs,
             notifications: None,
+            graph: None,
         })
     }
 
@@ -201,6 +205,12 @@ impl AdminState {
         on_created: Option<notifications::JobCreated>,
     ) -> Self {
         self.notifications = Some(notifications::NotificationsState { jobs, on_created });
+        self
+    }
+
+    /// Serves the Graph subscription routes from this service.
+    pub fn with_graph(mut self, graph: Arc<botfleet_graph::GraphService>) -> Self {
+        self.graph = Some(graph);
         self
     }
 
@@ -275,6 +285,10 @@ pub(crate) fn routes() -> utoipa_actix_web::scope::Scope<
         .service(notifications::get_notification)
         .service(notifications::list_targets)
         .service(notifications::cancel_notification)
+        .service(graph::list_subscriptions)
+        .service(graph::create_subscription)
+        .service(graph::get_subscription)
+        .service(graph::delete_subscription)
         .service(openapi::get_openapi)
         .default_service(web::to(not_found))
 }

@@ -50,6 +50,8 @@ pub struct Settings {
     pub notify: NotifySettings,
     /// Traces, metrics export and log lines (`[telemetry]`, docs/observability.md).
     pub telemetry: TelemetrySettings,
+    /// Graph change notifications (`[graph]`, docs/graph.md).
+    pub graph: crate::graph::GraphSettings,
     /// Custom clouds (tests, botfleet-sim, sovereign clouds without a preset),
     /// each defined in full.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -963,6 +965,10 @@ impl Settings {
                     ),
                 ));
             }
+        }
+        let bot_ids: Vec<String> = self.bots.iter().map(|b| b.id.clone()).collect();
+        for (key, problem) in self.graph.check(&bot_ids) {
+            errors.push(ConfigError::new(key, problem));
         }
         if errors.is_empty() {
             Ok(bots)
