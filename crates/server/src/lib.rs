@@ -699,11 +699,13 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
         g.set_public_url(&url);
         g.start();
     }
+    let notifier = state.notifier.clone();
     actix_web::rt::spawn(announce_when_ready(state, url, admin_url));
     actix_web::rt::spawn(async move {
-        // The notifier exposes no stop yet: its tasks end with the process,
-        // and items it took stay pending for another replica to reclaim.
-        shutdown::on_signal(&draining, timings, public_handle, admin_handle, async {}).await;
+        let hand_back = async move {
+            notifier.drain().await;
+        };
+        shutdown::on_signal(&draining, timings, public_handle, admin_handle, hand_back).await;
     });
     let (public, admin) = futures::future::join(public, admin).await;
     public?;

@@ -8,9 +8,12 @@
 //!    while and a connection refused in that window is a lost activity;
 //! 3. the public listener stops accepting; requests in flight finish (each
 //!    answers within `server.handler_deadline`, the handler carrying on past it);
-//! 4. the notifier is stopped: an item it took and has not finished stays
-//!    pending in its Redis stream, and another replica claims it after the
-//!    notifier's lease (docs/notifications.md);
+//! 4. the notifier hands its work back (`Notifier::drain`): it takes and
+//!    reclaims nothing more, ends its expansion claims, gives the items it
+//!    holds and has not started back to the consumer group (another replica
+//!    takes them at once, not after `notify.reclaim_idle`), and waits for the
+//!    sends in flight to be recorded; a send still in flight when the grace
+//!    ends keeps its marker until `notify.lease` (docs/notifications.md);
 //! 5. the admin listener stops; `serve` returns and the process exits 0.
 //!
 //! Steps 2 to 5 together are bounded by `server.shutdown_grace`: past it the
@@ -80,7 +83,7 @@ impl Timings {
 }
 
 /// Runs steps 1 to 5 of the module's sequence once a signal arrives.
-/// `hand_back` stops the notifier (step 4).
+/// `hand_back` drains the notifier (step 4).
 pub async fn on_signal(
     draining: &Draining,
     timings: Timings,

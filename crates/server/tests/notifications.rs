@@ -949,3 +949,65 @@ async fn a_channel_target_gets_a_new_thread_and_a_channel_of_another_bot_fails()
     assert_eq!(failed[0]["error"]["status"], 403);
     assert_eq!(violations(&sim.url).await, 0);
 }
+
+/// Fairness across jobs: a one-target job to a tenant where a 600-target job
+/// is running (about 13 s at the tenant's 50 sends/s) finishes within
+/// seconds, while the big job is still running: the jobs take turns in the
+/// tenant's queue instead of the small one waiting behind every item of the
+/// big one this replica holds.
+#[actix_web::test]
+async fn a_one_target_job_does_not_wait_behind_a_big_job_to_the_same_tenant() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("notify-fair");
+    let bf = start(&sim.url, &prefix, true);
+    let mut convs = conversations("fair-big", T1, 600);
+    convs.push(("a:fair-small".to_owned(), T1));
+    seed(&sim.url, &bf, &convs).await;
+    let ids: Vec<&str> = convs[..600].iter().map(|(c, _)| c.as_str()).collect();
+    let big = notify(
+        &bf,
+        json!({"targets": {"conversations": ids}, "activity": {"type": "message", "text": "big job"}}),
+        None,
+    )
+    .await;
+    assert_eq!(big.status, StatusCode::ACCEPTED, "{}", big.body);
+    let big = big.body["id"].as_str().unwrap().to_owned();
+    let job_url = |id: &str| format!("{}/admin/v1/notifications/{id}", bf.admin_url());
+    // The big job is under way (its items are in the replica's hand).
+    loop {
+        let j = call(reqwest::Method::GET, job_url(&big), BOOT, None, None).await;
+        if j.body["counts"]["delivered"].as_u64().unwrap_or(0) >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let small = notify(
+        &bf,
+        json!({"targets": {"conversations": ["a:fair-small"]}, "activity": {"type": "message", "text": "small job"}}),
+        None,
+    )
+    .await;
+    assert_eq!(small.status, StatusCode::ACCEPTED, "{}", small.body);
+    let small = small.body["id"].as_str().unwrap().to_owned();
+    let done = wait_final(&bf, &small, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert_eq!(done["counts"]["delivered"], 1, "{done}");
+    let big_now = call(reqwest::Method::GET, job_url(&big), BOOT, None, None).await;
+    let delivered = big_now.body["counts"]["delivered"].as_u64().unwrap();
+    assert!(
+        delivered < 600,
+        "the big job ended first ({delivered} delivered): no contention was tested"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the one-target job took {took:?} behind the big job ({delivered} of 600 delivered)"
+    );
+    let done_big = wait_final(&bf, &big, Duration::from_secs(60)).await;
+    assert_eq!(done_big["counts"]["delivered"], 600, "{done_big}");
+    assert_eq!(violations(&sim.url).await, 0);
+    eprintln!(
+        "fairness: the one-target job finished {:.2} s after it was created, with {delivered} of the big job's 600 delivered",
+        took.as_secs_f64()
+    );
+}

@@ -97,6 +97,19 @@ enum Ambiguous {
     Resend,
 }
 
+/// The notifier's default lease and reclaim_idle (180 s, 60 s) and expansion
+/// lease (30 s), a short shutdown: what a rolling update meets.
+fn default_timings_config(sim: &str, redis_url: &str, prefix: &str) -> String {
+    config(sim, redis_url, prefix, Ambiguous::Report)
+        .replace("lease = \"8s\"\n", "")
+        .replace("reclaim_idle = \"2s\"\n", "")
+        .replace("expansion_lease = \"3s\"\n", "")
+        .replace(
+            "[outbound]",
+            "[server]\nshutdown_delay = \"1s\"\nshutdown_grace = \"20s\"\n\n[outbound]",
+        )
+}
+
 fn start(sim: &str, redis_url: &str, prefix: &str, ambiguous: Ambiguous) -> Botfleet {
     start_botfleet_with(
         &config(sim, redis_url, prefix, ambiguous),
@@ -456,6 +469,82 @@ async fn a_paused_tenant_on_two_replicas_is_not_reclaimed_or_sent_twice() {
     }
     // The tenant was paused for the sim's Retry-After (3 s > reclaim_idle).
     assert!(throttled >= 10.0, "only {throttled} throttled reschedules");
+}
+
+/// SIGTERM to one of two replicas mid-job, with the default lease (180 s) and
+/// reclaim_idle (60 s): the leaving replica gives back what it holds, the
+/// survivor takes it at once (it reclaims nothing: nothing waits for
+/// reclaim_idle) and finishes within seconds; no conversation gets the
+/// notification twice, none is left out, and the leaver exits 0.
+#[actix_web::test]
+async fn a_replica_stopped_with_sigterm_hands_its_work_back() {
+    let n = env_usize("BOTFLEET_TEST_NOTIFY_SIGTERM_TARGETS", 3_000);
+    let tenants = 30;
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("notify-term");
+    let redis = testing::single_url();
+    let toml = default_timings_config(&sim.url, &redis, &prefix);
+    let env = [("H12_NOTIFY_BOOT", BOOT), ("RUST_LOG", "info")];
+    let mut a = start_botfleet_with(&toml, &env);
+    let b = start_botfleet_with(&toml, &env);
+    let conversations = seed(&sim.url, &a, n, tenants);
+    set_faults(&sim.url, json!({"latencyMs": 30})).await;
+    let text = "sigterm notification";
+    // Created through A: A expands it (and holds its expansion claim).
+    let id = create_job(&a, text).await;
+    loop {
+        let j = job(&b, &id).await.unwrap();
+        assert!(!is_final(&j), "the job ended before the SIGTERM: {j}");
+        if j["counts"]["delivered"].as_u64().unwrap() as usize >= n / 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &a.proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let termed = Instant::now();
+    let exit = a.proc.child.wait().unwrap();
+    let exited_after = termed.elapsed();
+    assert!(exit.success(), "{exit:?}\n{}", a.proc.log_text());
+    let log_a = a.proc.log_text();
+    let drained = log_a
+        .lines()
+        .find(|l| l.contains("notifier: drained"))
+        .unwrap_or_else(|| panic!("no drain logged:\n{log_a}"))
+        .to_owned();
+    let done = wait_final(&b, &id, Duration::from_secs(60)).await;
+    let took_over = termed.elapsed();
+    assert_eq!(done["state"], "completed", "{done}");
+    // Far below reclaim_idle (60 s): handed back, not reclaimed.
+    assert!(
+        took_over < Duration::from_secs(45),
+        "the survivor needed {took_over:?}"
+    );
+    assert_eq!(
+        metric(b.admin_url(), "botfleet_notification_reclaimed_total").await,
+        0.0,
+        "the survivor had to reclaim: {drained}"
+    );
+    let c = check_sends(
+        &b,
+        &sim.url,
+        &done,
+        text,
+        &conversations,
+        &HashSet::new(),
+        Ambiguous::Report,
+    )
+    .await;
+    assert_eq!(c.twice, 0);
+    eprintln!(
+        "sigterm: {n} targets in {tenants} tenants; the leaver exited {:.1} s after SIGTERM ({drained}); the job completed {:.1} s after it; {} delivery_unknown (lost answers)",
+        exited_after.as_secs_f64(),
+        took_over.as_secs_f64(),
+        c.unknown
+    );
 }
 
 async fn replica_kill(ambiguous: Ambiguous, default_n: usize) {

@@ -44,7 +44,7 @@ use botfleet_store::jobs::{
     Expansion, JobRecord, JobState, JobStore, JobStoreError, Target, TargetSelection, WorkItem,
 };
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Counters;
@@ -160,7 +160,10 @@ impl Default for NotifierConfig {
         Self {
             workers: 64,
             per_tenant: 8,
-            buffer: 2000,
+            // Twice a job's expand_ahead: one big job never fills the hand,
+            // so another job's items are taken at once (and served in turn
+            // with it: the fair queue's lanes).
+            buffer: 4000,
             take_batch: 200,
             block: Duration::from_secs(1),
             lease: Duration::from_secs(180),
@@ -311,6 +314,23 @@ pub(crate) struct Ctx {
     /// are never resumed as unsent). A marker of this consumer for a target
     /// not in here was never sent under: it may be resumed at once.
     sending: Mutex<HashSet<(String, String)>>,
+    /// Set by [`Notifier::drain`]: take nothing more, give back what waits.
+    draining: watch::Sender<bool>,
+    /// Set by the dispatcher once draining and nothing is in flight.
+    drained: watch::Sender<Option<DrainReport>>,
+}
+
+/// What [`Notifier::drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Items given back to the consumer group (taken here, not started): any
+    /// replica's next take gets them.
+    pub released: usize,
+    /// Items that could not be given back (the store refused); they are
+    /// reclaimed after `reclaim_idle` like a dead replica's.
+    pub not_released: usize,
+    /// Sends that were in flight when the drain began (they finished).
+    pub finished_in_flight: usize,
 }
 
 /// The running notifier of this process; dropping it stops its tasks.
@@ -357,14 +377,17 @@ impl Notifier {
             in_hand: AtomicUsize::new(0),
             held: Mutex::new(HashSet::new()),
             sending: Mutex::new(HashSet::new()),
+            draining: watch::Sender::new(false),
+            drained: watch::Sender::new(None),
         });
         let (items_tx, items_rx) = mpsc::channel::<Vec<Resolved>>(16);
+        // The dispatcher and the toucher first: a drain stops the others.
         let tasks = vec![
-            tokio::spawn(take_loop(ctx.clone(), items_tx.clone())),
             tokio::spawn(dispatch_loop(ctx.clone(), items_rx)),
+            tokio::spawn(touch_loop(ctx.clone())),
+            tokio::spawn(take_loop(ctx.clone(), items_tx.clone())),
             tokio::spawn(reclaim_loop(ctx.clone(), items_tx)),
             tokio::spawn(sweep_loop(ctx.clone())),
-            tokio::spawn(touch_loop(ctx.clone())),
         ];
         tracing::info!(consumer = %ctx.consumer, workers = ctx.config.workers, "notifier started");
         Self { ctx, tasks }
@@ -378,6 +401,46 @@ impl Notifier {
 
     pub fn counters(&self) -> &Arc<NotifyCounters> {
         &self.ctx.counters
+    }
+
+    /// Hands this replica's work back for a graceful shutdown (SIGTERM):
+    /// takes no more items, reclaims nothing, stops expanding (and ends its
+    /// expansion claims at once, so another replica adopts those jobs at its
+    /// next sweep), gives every item it holds and has not started back to
+    /// the consumer group ([`JobStore::release`]: another replica takes them
+    /// at once, not after `reclaim_idle`), and waits for the sends in flight
+    /// to finish and be recorded (each within the connector's request
+    /// timeout and retries); a throttled item that comes back meanwhile is
+    /// given back too. Bound it with the shutdown grace: a send still in
+    /// flight when the process exits keeps its `sending` marker, taken over
+    /// after `lease` (docs/notifications.md). Calling it again waits for the
+    /// same drain.
+    pub async fn drain(&self) -> DrainReport {
+        let ctx = &self.ctx;
+        if !ctx.draining.send_replace(true) {
+            tracing::info!(
+                in_hand = self.in_hand(),
+                "notifier: draining; giving back the work this replica holds"
+            );
+            // The taker and the reclaimer stop at their next turn, the
+            // sweeper now; the dispatcher and the toucher go on until the
+            // sends in flight are done.
+            if let Some(sweeper) = self.tasks.get(4) {
+                sweeper.abort();
+            }
+            let jobs: Vec<String> = ctx.expanding.lock().iter().cloned().collect();
+            for job in jobs {
+                // A zero lease ends this replica's claim now (expanders stop
+                // at their next step because `draining` is set).
+                let _ = ctx
+                    .jobs
+                    .claim_expansion(&job, &ctx.consumer, Duration::ZERO, now_ms())
+                    .await;
+            }
+        }
+        let mut rx = ctx.drained.subscribe();
+        let report = rx.wait_for(Option::is_some).await.ok().and_then(|r| *r);
+        report.unwrap_or_default()
     }
 
     /// Work items this process holds (taken, not finished).
@@ -409,6 +472,9 @@ fn spawn_expander(ctx: Arc<Ctx>, job_id: String) {
 async fn expand(ctx: &Ctx, job_id: &str) {
     let mut failures = 0u32;
     loop {
+        if *ctx.draining.borrow() {
+            return;
+        }
         match ctx
             .jobs
             .claim_expansion(job_id, &ctx.consumer, ctx.config.expansion_lease, now_ms())
@@ -703,7 +769,11 @@ async fn resolve(
 async fn take_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
     let mut job_cache: HashMap<String, Arc<JobInfo>> = HashMap::new();
     let mut failures = 0u32;
+    let draining = ctx.draining.subscribe();
     loop {
+        if *draining.borrow() {
+            return;
+        }
         let room = ctx.config.buffer.saturating_sub(ctx.in_hand.load(Relaxed));
         if room == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -797,8 +867,15 @@ async fn reclaim_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
     let mut job_cache: HashMap<String, Arc<JobInfo>> = HashMap::new();
     let mut tick = tokio::time::interval(ctx.config.reclaim_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining = ctx.draining.subscribe();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = draining.wait_for(|d| *d) => return,
+        }
+        if *draining.borrow() {
+            return;
+        }
         let reclaimed = match ctx
             .jobs
             .reclaim(
@@ -839,13 +916,61 @@ async fn reclaim_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Vec<Resolved>>) {
 
 // -------------------------------------------------------------- dispatching --
 
+/// Gives items back to the consumer group (a draining notifier); they leave
+/// this replica's hand either way (not given back: reclaimed after
+/// `reclaim_idle`).
+async fn give_back(ctx: &Ctx, items: Vec<Resolved>, report: &mut DrainReport) {
+    if items.is_empty() {
+        return;
+    }
+    let work: Vec<WorkItem> = items.iter().map(|r| r.item.clone()).collect();
+    match ctx.jobs.release(&ctx.consumer, &work).await {
+        Ok(n) => {
+            report.released += n;
+            report.not_released += work.len().saturating_sub(n);
+        }
+        Err(e) => {
+            report.not_released += work.len();
+            tracing::warn!(error = %e, count = work.len(), "notifier: cannot give work back; other replicas reclaim it after reclaim_idle");
+        }
+    }
+    for item in &work {
+        release_hold(ctx, &item.entry_id);
+    }
+}
+
 async fn dispatch_loop(ctx: Arc<Ctx>, mut items: mpsc::Receiver<Vec<Resolved>>) {
     let mut queue: FairQueue<Resolved> = FairQueue::new(ctx.config.per_tenant);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, String, Finished)>();
     let mut in_flight = 0usize;
+    let mut draining = ctx.draining.subscribe();
+    let mut drain: Option<DrainReport> = None;
+    let mut closed = false;
     loop {
+        if *draining.borrow_and_update() && drain.is_none() {
+            let mut report = DrainReport {
+                finished_in_flight: in_flight,
+                ..DrainReport::default()
+            };
+            give_back(&ctx, queue.take_all(), &mut report).await;
+            drain = Some(report);
+        }
+        if let Some(report) = drain {
+            // The taker and the reclaimer stop at their next turn (closing
+            // the channel); what they hand over meanwhile is given back.
+            if in_flight == 0 && closed {
+                tracing::info!(
+                    released = report.released,
+                    not_released = report.not_released,
+                    finished_in_flight = report.finished_in_flight,
+                    "notifier: drained"
+                );
+                ctx.drained.send_replace(Some(report));
+                return;
+            }
+        }
         let now = Instant::now();
-        while in_flight < ctx.config.workers.max(1) {
+        while drain.is_none() && in_flight < ctx.config.workers.max(1) {
             let Some((tenant, r)) = queue.next(now) else {
                 break;
             };
@@ -863,14 +988,18 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut items: mpsc::Receiver<Vec<Resolved>>) 
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            batch = items.recv() => match batch {
-                Some(batch) => {
+            _ = draining.changed(), if drain.is_none() => {}
+            batch = items.recv(), if !closed => match (batch, drain.as_mut()) {
+                (Some(batch), Some(report)) => give_back(&ctx, batch, report).await,
+                (Some(batch), None) => {
                     for r in batch {
                         let tenant = r.tenant.clone();
-                        queue.push(&tenant, r);
+                        let job = r.item.job_id.clone();
+                        queue.push(&tenant, &job, r);
                     }
                 }
-                None => return,
+                (None, Some(_)) => closed = true,
+                (None, None) => return,
             },
             Some((tenant, entry, finished)) = done_rx.recv() => {
                 in_flight -= 1;
@@ -884,8 +1013,15 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut items: mpsc::Receiver<Vec<Resolved>>) 
                     Finished::Requeue(r, wait) => {
                         ctx.counters.retried(reasons::THROTTLED);
                         ctx.counters.throttled(wait);
-                        queue.push_front(&tenant, *r);
-                        queue.pause(&tenant, Instant::now() + wait);
+                        if let Some(report) = drain.as_mut() {
+                            // Its target is `retrying`: whoever takes it
+                            // waits for the time recorded there.
+                            give_back(&ctx, vec![*r], report).await;
+                        } else {
+                            let job = r.item.job_id.clone();
+                            queue.push_front(&tenant, &job, *r);
+                            queue.pause(&tenant, Instant::now() + wait);
+                        }
                     }
                 }
                 queue.done(&tenant);
