@@ -15,8 +15,10 @@
 //!   processor that routes each message to its action exactly once.
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod client;
 pub mod crypto;
+pub mod delegated;
 pub mod model;
 pub mod service;
 pub mod time;
