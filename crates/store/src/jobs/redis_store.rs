@@ -429,6 +429,51 @@ impl BlockingConn {
     }
 }
 
+/// The connection of the per-delivery hot path (`begin_send`, `finish_send`,
+/// `ack`, `reschedule`, `touch`): one multiplexed connection (a cluster
+/// connection on Redis Cluster) shared by every delivery of the process.
+/// Both are cloneable handles that pipeline concurrent requests on one
+/// socket, so a delivery pays no pool checkout (deadpool-redis sends `UNWATCH`
+/// and `PING` on every checkout: two extra round trips per script).
+#[derive(Clone)]
+enum HotConn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for HotConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Response timeout of the hot connection: a store call that takes longer
+/// is reported unavailable (the notifier retries it), and the connection is
+/// opened again.
+const HOT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Notification jobs in Redis; see the module comment for the layout.
 pub struct RedisJobStore {
     pool: RedisPool,
@@ -438,6 +483,7 @@ pub struct RedisJobStore {
     options: JobStoreOptions,
     group_ready: AtomicBool,
     blocking: Mutex<Option<BlockingConn>>,
+    hot: parking_lot::Mutex<Option<HotConn>>,
     scripts: Scripts,
 }
 
@@ -547,6 +593,7 @@ impl RedisJobStore {
             options,
             group_ready: AtomicBool::new(false),
             blocking: Mutex::new(None),
+            hot: parking_lot::Mutex::new(None),
             scripts: Scripts {
                 idem: Script::new(IDEM),
                 create: Script::new(CREATE),
@@ -595,6 +642,54 @@ impl RedisJobStore {
 
     async fn conn(&self) -> Result<RedisConn, JobStoreError> {
         self.pool.get().await.map_err(unavailable)
+    }
+
+    /// The hot path's shared connection (opened on first use, and again
+    /// after a connection error: see [`RedisJobStore::hot_result`]).
+    async fn hot(&self) -> Result<HotConn, JobStoreError> {
+        if let Some(c) = self.hot.lock().clone() {
+            return Ok(c);
+        }
+        let conn = if self.cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(self.urls.clone())
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(HOT_TIMEOUT)
+                .build()
+                .map_err(unavailable)?;
+            HotConn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+        } else {
+            let url = self
+                .urls
+                .first()
+                .ok_or_else(|| unavailable("no Redis URL for the job store"))?;
+            let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(HOT_TIMEOUT);
+            HotConn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(unavailable)?,
+            )
+        };
+        // Two first callers may both connect; the first stored one is kept.
+        Ok(self.hot.lock().get_or_insert(conn).clone())
+    }
+
+    /// Maps a hot-path result, dropping the shared connection after an error
+    /// that may have broken it (the next call opens a new one).
+    fn hot_result<T>(&self, r: redis::RedisResult<T>) -> Result<T, JobStoreError> {
+        r.map_err(|e| {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_connection_refusal()
+            {
+                *self.hot.lock() = None;
+            }
+            unavailable(e)
+        })
     }
 
     /// Creates the consumer group (reading from the start, so entries added
@@ -706,16 +801,16 @@ impl RedisJobStore {
     }
 
     async fn ack_entry(&self, entry_id: &str) -> Result<(), JobStoreError> {
-        let mut conn = self.conn().await?;
-        let _: i64 = self
+        let mut conn = self.hot().await?;
+        let r: redis::RedisResult<i64> = self
             .scripts
             .ack
             .key(self.queue_key("work"))
             .arg(&self.options.group)
             .arg(entry_id)
             .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.hot_result(r)?;
         Ok(())
     }
 
@@ -1309,8 +1404,8 @@ impl JobStore for RedisJobStore {
             rand::random::<u64>(),
             serde_json::to_string(&item.target).map_err(unavailable)?
         );
-        let mut conn = self.conn().await?;
-        let _: i64 = self
+        let mut conn = self.hot().await?;
+        let r: redis::RedisResult<i64> = self
             .scripts
             .reschedule
             .key(self.queue_key("work"))
@@ -1320,8 +1415,8 @@ impl JobStore for RedisJobStore {
             .arg(at_ms)
             .arg(member)
             .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.hot_result(r)?;
         Ok(())
     }
 
@@ -1414,7 +1509,7 @@ impl JobStore for RedisJobStore {
         if entry_ids.is_empty() {
             return Ok(lost);
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.hot().await?;
         // Batches keep each script call short (Redis runs one at a time).
         for chunk in entry_ids.chunks(500) {
             let mut inv = self.scripts.touch.prepare_invoke();
@@ -1424,8 +1519,8 @@ impl JobStore for RedisJobStore {
             for id in chunk {
                 inv.arg(id);
             }
-            let gone: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-            lost.extend(gone);
+            let gone: redis::RedisResult<Vec<String>> = inv.invoke_async(&mut conn).await;
+            lost.extend(self.hot_result(gone)?);
         }
         Ok(lost)
     }
@@ -1459,8 +1554,8 @@ impl JobStore for RedisJobStore {
         resume_own: bool,
     ) -> Result<BeginSend, JobStoreError> {
         let keys = self.job_keys(&item.job_id).all();
-        let mut conn = self.conn().await?;
-        let reply: Vec<String> = script_with_keys(&self.scripts.begin, &keys)
+        let mut conn = self.hot().await?;
+        let reply: redis::RedisResult<Vec<String>> = script_with_keys(&self.scripts.begin, &keys)
             .arg(item.target.key())
             .arg(&item.entry_id)
             .arg(consumer)
@@ -1468,8 +1563,8 @@ impl JobStore for RedisJobStore {
             .arg(now_ms)
             .arg(if resume_own { "1" } else { "0" })
             .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .await;
+        let reply = self.hot_result(reply)?;
         let num = |s: &str| {
             s.parse::<u64>()
                 .map_err(|_| unavailable(format!("unexpected begin script number {s:?}")))
@@ -1503,7 +1598,7 @@ impl JobStore for RedisJobStore {
     ) -> Result<FinishSend, JobStoreError> {
         let keys = self.job_keys(job_id).all();
         let json = |v: &dyn erased::Json| v.json();
-        let mut conn = self.conn().await?;
+        let mut conn = self.hot().await?;
         let mut inv = script_with_keys(&self.scripts.finish, &keys);
         inv.arg(target.key());
         match outcome {
@@ -1529,7 +1624,8 @@ impl JobStore for RedisJobStore {
                     .arg(json(detail)?);
             }
         }
-        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let reply: redis::RedisResult<Vec<String>> = inv.invoke_async(&mut conn).await;
+        let reply = self.hot_result(reply)?;
         match reply.as_slice() {
             [u] if u == "unknown" => Err(JobStoreError::NotFound(job_id.to_owned())),
             [applied, completed] => Ok(FinishSend {
