@@ -323,10 +323,23 @@ struct Instruments {
     redis_errors: Counter<u64>,
 }
 
+/// The instruments of the registry; before the registry exists (an event
+/// during configuration loading, before [`install`]), instruments of a
+/// provider without readers, so that an early event neither fails nor takes
+/// the registry's place.
 fn instruments() -> &'static Instruments {
     static I: OnceLock<Instruments> = OnceLock::new();
-    I.get_or_init(|| {
-        let m = meter();
+    static EARLY: OnceLock<Instruments> = OnceLock::new();
+    match STATE.get() {
+        Some(state) => I.get_or_init(|| make_instruments(&state.provider.meter(SCOPE), true)),
+        None => EARLY.get_or_init(|| {
+            make_instruments(&SdkMeterProvider::builder().build().meter(SCOPE), false)
+        }),
+    }
+}
+
+fn make_instruments(m: &Meter, registry: bool) -> Instruments {
+    {
         let counter = |name: &'static str, help: &'static str| {
             m.u64_counter(name).with_description(help).build()
         };
@@ -337,8 +350,10 @@ fn instruments() -> &'static Instruments {
                 .with_boundaries(buckets.to_vec())
                 .build()
         };
-        build_info(&m);
-        otlp_failures(&m);
+        if registry {
+            build_info(m);
+            otlp_failures(m);
+        }
         let i = Instruments {
             received: counter(
                 "botfleet_activities_received",
@@ -429,7 +444,7 @@ fn instruments() -> &'static Instruments {
                 .add(0, &[KeyValue::new("status", i64::from(status))]);
         }
         i
-    })
+    }
 }
 
 /// Starts the per-bot series of a configured or registered bot (by its app
@@ -747,6 +762,8 @@ mod tests {
 
     #[test]
     fn events_show_on_the_prometheus_text_with_their_suffixes() {
+        // The registry (as `install` would build it), before the events.
+        let _ = meter();
         activity_rejected("audience");
         activity_rejected("audience");
         connector_call("send", Some(429));
