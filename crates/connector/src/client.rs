@@ -391,7 +391,58 @@ impl BotClient {
         r.map_err(ConnectorError::Token)
     }
 
+    /// One Bot Connector call in its client span (docs/observability.md):
+    /// operation, HTTP status of the last answer, retries; never the body or
+    /// the token.
     async fn execute<T: DeserializeOwned + Default>(
+        &self,
+        call: Call<'_>,
+    ) -> Result<Delivered<T>, ConnectorError> {
+        use tracing::Instrument;
+        let host = url::Url::parse(call.service_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "bot_connector",
+            otel.name = %format_args!("Bot Connector {:?}", call.op),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %call.method,
+            server.address = %host,
+            botfleet.operation = ?call.op,
+            botfleet.app_id = %self.bot.app_id,
+            http.response.status_code = tracing::field::Empty,
+            botfleet.retry_count = tracing::field::Empty,
+            botfleet.outcome = tracing::field::Empty,
+        );
+        let result = self.attempts(call).instrument(span.clone()).await;
+        let attempts = match &result {
+            Ok(d) => Some(d.attempts),
+            Err(ConnectorError::Failed(f)) => Some(f.attempts),
+            Err(
+                ConnectorError::Unreachable { attempts, .. }
+                | ConnectorError::Unknown { attempts, .. },
+            ) => Some(*attempts),
+            Err(_) => None,
+        };
+        if let Some(n) = attempts {
+            span.record("botfleet.retry_count", n.saturating_sub(1));
+        }
+        match &result {
+            Ok(_) => {
+                span.record("botfleet.outcome", "delivered");
+            }
+            Err(e) => {
+                span.record("botfleet.outcome", format!("{:?}", e.action()).as_str());
+                span.record("otel.status_code", "error");
+            }
+        }
+        result
+    }
+
+    /// [`Self::execute`] without its span: the attempts of one call.
+    async fn attempts<T: DeserializeOwned + Default>(
         &self,
         call: Call<'_>,
     ) -> Result<Delivered<T>, ConnectorError> {
@@ -462,6 +513,7 @@ impl BotClient {
             let (retry_after, last) = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    tracing::Span::current().record("http.response.status_code", status);
                     let correlation_id = ["x-correlating-operationid", "ms-cv"]
                         .iter()
                         .find_map(|h| resp.headers().get(*h))

@@ -42,6 +42,8 @@ pub struct Deliver {
     /// this turn (see [`crate::tenant::Route::bot`]).
     pub bot: Arc<Bot>,
     pub done: oneshot::Sender<TurnResult>,
+    /// The tenant actor's span: this conversation's span is its child.
+    pub span: tracing::Span,
 }
 
 impl Message for Deliver {
@@ -141,7 +143,23 @@ impl Handler<Deliver> for ConversationActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        let Deliver { turn, bot, done } = msg;
+        use tracing::Instrument;
+        let Deliver {
+            turn,
+            bot,
+            done,
+            span: parent,
+        } = msg;
+        // The conversation id is a span attribute only (never a metric label).
+        let span = tracing::info_span!(
+            parent: &parent,
+            "conversation actor",
+            botfleet.bot_id = %bot.id,
+            botfleet.conversation_id = %self.conversation_id,
+            botfleet.activity_type = turn.activity.activity_type().as_str(),
+            botfleet.outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         // The registry's current version of the bot: a handler changed through
         // the admin API applies from this activity on, in arrival order.
         self.bot = bot;
@@ -149,6 +167,7 @@ impl Handler<Deliver> for ConversationActor {
         if let Some(key) = &key {
             if self.seen_set.contains(&key.as_u128()) {
                 log_duplicate(&self.bot.id, key, &turn, "conversation actor");
+                span.record("botfleet.outcome", "duplicate");
                 self.counters.duplicate();
                 let _ = done.send(Ok(TurnOutcome::Duplicate));
                 return;
@@ -229,9 +248,28 @@ impl Handler<Deliver> for ConversationActor {
                 },
                 ..turn
             };
+            let handler_span = tracing::info_span!(
+                "handler",
+                botfleet.bot_id = %bot.id,
+                botfleet.activity_type = turn.activity.activity_type().as_str(),
+                botfleet.outcome = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             let handled = AssertUnwindSafe(bot.handler.on_turn(&turn))
                 .catch_unwind()
+                .instrument(handler_span.clone())
                 .await;
+            let (outcome, failed) = match &handled {
+                Ok(Ok(_)) => ("handled", false),
+                Ok(Err(crate::HandlerError::Retry(_))) => ("retry", true),
+                Ok(Err(crate::HandlerError::Reply(_))) => ("reply_not_delivered", true),
+                Ok(Err(_)) => ("failed", true),
+                Err(_) => ("panicked", true),
+            };
+            handler_span.record("botfleet.outcome", outcome);
+            if failed {
+                handler_span.record("otel.status_code", "error");
+            }
             let result = match handled {
                 Ok(Ok(outcome)) => Ok(TurnOutcome::Handled(outcome)),
                 Ok(Err(e)) => Err(TurnError::Handler(HandlerFailure::from(e))),
@@ -250,7 +288,7 @@ impl Handler<Deliver> for ConversationActor {
         };
         // ctx.wait: the next activity of this conversation waits until this one
         // is done, which is what keeps them in arrival order.
-        ctx.wait(work.into_actor(self).map(move |result, act, _| {
+        ctx.wait(work.instrument(span.clone()).into_actor(self).map(move |result, act, _| {
             if let (Err(e), Some(key)) = (&result, &key) {
                 if e.resend_helps() {
                     act.forget(key.as_u128());
@@ -281,8 +319,28 @@ impl Handler<Deliver> for ConversationActor {
                     }
                 }
             }
+            span.record("botfleet.outcome", outcome_label(&result));
+            if result.is_err() {
+                span.record("otel.status_code", "error");
+            }
             let _ = done.send(result);
         }));
+    }
+}
+
+/// The `botfleet.outcome` attribute of a turn's span.
+fn outcome_label(result: &TurnResult) -> &'static str {
+    match result {
+        Ok(TurnOutcome::Handled(_)) => "handled",
+        Ok(TurnOutcome::Duplicate) => "duplicate",
+        Err(TurnError::Store(_)) => "store_unavailable",
+        Err(TurnError::Handler(f)) => match f.kind {
+            FailureKind::ReplyNotDelivered => "reply_not_delivered",
+            _ => "handler_failed",
+        },
+        Err(TurnError::HandlerPanicked) => "handler_panicked",
+        Err(TurnError::Busy) => "busy",
+        Err(TurnError::TenantQuota(_)) => "tenant_quota",
     }
 }
 

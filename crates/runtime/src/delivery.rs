@@ -167,7 +167,9 @@ pub async fn report_outcome(
             .report_outcome(bot_id, conversation_id, generation, outcome, now_ms())
             .await
             .inspect_err(|e| {
-                tracing::error!(bot = %bot_id, error = %e, "could not record what the Bot Connector said about a conversation; the next send will learn it again");
+                // WARN, not ERROR: nothing is lost for good and nobody needs
+                // to act (docs/observability.md, "Logs").
+                tracing::warn!(bot = %bot_id, error = %e, "could not record what the Bot Connector said about a conversation; the next send will learn it again");
             })?;
         match (applied, outcome) {
             (

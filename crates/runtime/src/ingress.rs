@@ -33,6 +33,15 @@ impl Message for Inbound {
     type Result = Result<Submitted, IngressError>;
 }
 
+/// An [`Inbound`] with the span it arrived in (the HTTP request's): the
+/// validation span is its child, and the turn's spans follow from there
+/// across the tenant and conversation actors (docs/observability.md).
+pub(crate) struct Traced(pub Inbound, pub tracing::Span);
+
+impl Message for Traced {
+    type Result = Result<Submitted, IngressError>;
+}
+
 /// What every ingress actor shares.
 pub(crate) struct Shared {
     pub validator: Arc<InboundValidator>,
@@ -57,6 +66,7 @@ impl Shared {
             turn,
             bot: bot.clone(),
             done: tx,
+            span: tracing::Span::current(),
         };
         for _ in 0..2 {
             let addr = self
@@ -89,49 +99,69 @@ impl Actor for IngressActor {
     }
 }
 
-impl Handler<Inbound> for IngressActor {
+impl Handler<Traced> for IngressActor {
     type Result = ResponseFuture<Result<Submitted, IngressError>>;
 
-    fn handle(&mut self, msg: Inbound, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Traced(msg, parent): Traced, _: &mut Self::Context) -> Self::Result {
+        use tracing::Instrument;
         let shared = self.shared.clone();
+        let span = tracing::info_span!(
+            parent: &parent,
+            "validate",
+            botfleet.check = tracing::field::Empty,
+            botfleet.bot_id = tracing::field::Empty,
+            botfleet.tenant_id = tracing::field::Empty,
+            botfleet.activity_type = msg.activity.activity_type().as_str(),
+        );
         // ResponseFuture runs concurrently with the actor's next messages: a slow
         // key refresh for one token does not stall the pool.
-        Box::pin(async move {
-            let Inbound {
-                authorization,
-                activity,
-                route_bot,
-            } = msg;
-            // One set of bots for the whole validation: the bot the token
-            // selects is the one the turn runs with, even if the registry
-            // changes meanwhile.
-            let bots = shared.bots.snapshot();
-            let validated = shared
-                .validator
-                .validate(
-                    authorization.as_deref(),
-                    &activity,
-                    route_bot.as_ref().map(|b| &b.trust),
-                    &*bots,
-                )
-                .await?;
-            let bot = match route_bot {
-                Some(bot) => bot,
-                None => bots
-                    .get(&validated.bot.bot_id)
-                    .cloned()
-                    .ok_or_else(|| IngressError::UnknownBot(validated.bot.bot_id.clone()))?,
-            };
-            let turn = Turn {
-                bot_id: bot.id.clone(),
-                tenant_id: validated.tenant_id,
-                activity: Arc::new(activity),
-                // Set by the conversation actor once the activity is recorded.
-                reference: Default::default(),
-                counters: shared.counters.clone(),
-            };
-            let done = shared.route(&bot, turn.clone());
-            Ok(Submitted { turn, bot, done })
-        })
+        Box::pin(
+            async move {
+                let Inbound {
+                    authorization,
+                    activity,
+                    route_bot,
+                } = msg;
+                // One set of bots for the whole validation: the bot the token
+                // selects is the one the turn runs with, even if the registry
+                // changes meanwhile.
+                let bots = shared.bots.snapshot();
+                let validated = shared
+                    .validator
+                    .validate(
+                        authorization.as_deref(),
+                        &activity,
+                        route_bot.as_ref().map(|b| &b.trust),
+                        &*bots,
+                    )
+                    .await
+                    .inspect_err(|e| {
+                        tracing::Span::current().record("botfleet.check", e.check());
+                    })?;
+                let bot = match route_bot {
+                    Some(bot) => bot,
+                    None => bots
+                        .get(&validated.bot.bot_id)
+                        .cloned()
+                        .ok_or_else(|| IngressError::UnknownBot(validated.bot.bot_id.clone()))?,
+                };
+                let span = tracing::Span::current();
+                span.record("botfleet.bot_id", &*bot.id);
+                if let Some(tenant) = &validated.tenant_id {
+                    span.record("botfleet.tenant_id", tenant.as_str());
+                }
+                let turn = Turn {
+                    bot_id: bot.id.clone(),
+                    tenant_id: validated.tenant_id,
+                    activity: Arc::new(activity),
+                    // Set by the conversation actor once the activity is recorded.
+                    reference: Default::default(),
+                    counters: shared.counters.clone(),
+                };
+                let done = shared.route(&bot, turn.clone());
+                Ok(Submitted { turn, bot, done })
+            }
+            .instrument(span),
+        )
     }
 }

@@ -247,8 +247,10 @@ impl Runtime {
         deadline: Duration,
     ) -> Result<Processed, IngressError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.ingress.len();
+        // The caller's span (the HTTP request's) travels with the message:
+        // actix runs the handler elsewhere, where it is not current.
         let submitted = self.ingress[i]
-            .send(inbound)
+            .send(ingress::Traced(inbound, tracing::Span::current()))
             .await
             .map_err(|_| IngressError::Unavailable)??;
         let Submitted { turn, bot, done } = submitted;

@@ -93,6 +93,9 @@ pub struct Route {
     /// even in actors started before the change.
     pub bot: Arc<Bot>,
     pub done: oneshot::Sender<TurnResult>,
+    /// The span the activity was routed in (validation): the tenant actor's
+    /// span is its child, across the actor hop.
+    pub span: tracing::Span,
 }
 
 impl Message for Route {
@@ -174,6 +177,14 @@ impl Handler<Route> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, msg: Route, _: &mut Self::Context) {
+        let span = tracing::info_span!(
+            parent: &msg.span,
+            "tenant actor",
+            botfleet.bot_id = %self.key.0,
+            botfleet.tenant_id = %self.key.1,
+            botfleet.outcome = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let now = Instant::now();
         if let Some(limit) = self.config.tenant_activities_per_sec {
             // Sliding one-second window: a tenant flooding one bot is refused
@@ -187,6 +198,7 @@ impl Handler<Route> for TenantActor {
             }
             if self.recent.len() >= limit as usize {
                 self.counters.tenant_quota_refused();
+                span.record("botfleet.outcome", "tenant_quota");
                 let _ = msg.done.send(Err(TurnError::TenantQuota(limit)));
                 return;
             }
@@ -205,6 +217,7 @@ impl Handler<Route> for TenantActor {
             turn: msg.turn,
             bot: msg.bot,
             done: msg.done,
+            span: span.clone(),
         };
         // Two attempts: the known actor, then a fresh one if that one died.
         for attempt in 0..2 {

@@ -60,7 +60,7 @@ pub async fn messages(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    handle(req, payload, state, None).await
+    traced(req, payload, state, None).await
 }
 
 /// The bot id is read from the match info rather than a `web::Path` extractor,
@@ -71,7 +71,7 @@ pub async fn bot_messages(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let bot = req.match_info().get("bot").unwrap_or_default().to_owned();
-    handle(req, payload, state, Some(bot)).await
+    traced(req, payload, state, Some(bot)).await
 }
 
 async fn method_not_allowed(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -81,6 +81,54 @@ async fn method_not_allowed(req: HttpRequest, state: web::Data<AppState>) -> Htt
     )
     .with_header(header::ALLOW, "POST");
     refuse(&req, &state, problem, &Seen::default())
+}
+
+/// One request in its HTTP server span (docs/observability.md, "Traces"): a
+/// child of the upstream proxy's W3C `traceparent` when it sent one, the
+/// parent of every span of the turn (validation, tenant and conversation
+/// actors, handler, connector calls, webhook). Attributes: route, status,
+/// the check that refused it, bot, tenant, activity type; never the body or
+/// the token.
+async fn traced(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    route_bot: Option<String>,
+) -> HttpResponse {
+    use tracing::Instrument;
+    let route = if route_bot.is_some() {
+        "/api/messages/{bot}"
+    } else {
+        "/api/messages"
+    };
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format_args!("POST {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        botfleet.check = tracing::field::Empty,
+        botfleet.bot_id = tracing::field::Empty,
+        botfleet.tenant_id = tracing::field::Empty,
+        botfleet.activity_type = tracing::field::Empty,
+    );
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    botfleet_telemetry::trace::set_remote_parent(
+        &span,
+        header("traceparent"),
+        header("tracestate"),
+    );
+    let resp = handle(req, payload, state, route_bot)
+        .instrument(span.clone())
+        .await;
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
+    resp
 }
 
 /// What was learnt about a request before it was refused, for the log line.
@@ -106,6 +154,7 @@ async fn handle(
 
 /// Counts, logs (rate-limited) and answers one refusal.
 fn refuse(req: &HttpRequest, state: &AppState, problem: Problem, seen: &Seen) -> HttpResponse {
+    tracing::Span::current().record("botfleet.check", problem.check());
     state.count_rejection(problem.check());
     if let Some(suppressed) = refusal_log().admit(problem.check(), Instant::now()) {
         log_refusal(req, state, &problem, seen, suppressed);
@@ -367,6 +416,7 @@ async fn accept(
         Some(id) => match bots.get(&id) {
             Some(bot) => {
                 seen.bot = Some(bot.id.to_string());
+                tracing::Span::current().record("botfleet.bot_id", &*bot.id);
                 Some(bot.clone())
             }
             None => {
@@ -402,6 +452,11 @@ async fn accept(
         }
     };
     seen.tenant = activity.tenant_id().map(str::to_owned);
+    let span = tracing::Span::current();
+    span.record("botfleet.activity_type", activity.activity_type().as_str());
+    if let Some(tenant) = &seen.tenant {
+        span.record("botfleet.tenant_id", tenant.as_str());
+    }
     let is_invoke = activity.activity_type() == botfleet_protocol::ActivityType::Invoke;
     let processed = state
         .runtime

@@ -345,14 +345,20 @@ impl TokenHandle {
     /// A usable token: from memory when there is one, otherwise from the one
     /// request in flight for this key.
     pub async fn token(&self) -> Result<Secret, TokenError> {
-        get(&self.inner, &self.entry, None).await
+        use tracing::Instrument;
+        get(&self.inner, &self.entry, None)
+            .instrument(token_span(&self.entry.key, "use"))
+            .await
     }
 
     /// A token other than `rejected` (which the connector answered with 401).
     /// Only the first caller reporting a given token triggers a request; the
     /// others get the replacement.
     pub async fn refresh_rejected(&self, rejected: &Secret) -> Result<Secret, TokenError> {
-        get(&self.inner, &self.entry, Some(rejected)).await
+        use tracing::Instrument;
+        get(&self.inner, &self.entry, Some(rejected))
+            .instrument(token_span(&self.entry.key, "rejected"))
+            .await
     }
 
     /// Drops the cached token; the next caller fetches a new one.
@@ -387,6 +393,18 @@ fn background_allowed(st: &EntryState) -> bool {
     st.flight.is_none() && st.next_background.is_none_or(|t| Instant::now() >= t)
 }
 
+/// The span of one token acquisition: the app id and whether the cache
+/// answered (`hit`) or a request to the token endpoint (or the shared tier)
+/// was waited for (`miss`); never the token.
+fn token_span(key: &TokenKey, reason: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "token",
+        botfleet.app_id = %key.app_id,
+        botfleet.token.reason = reason,
+        botfleet.token.cache = tracing::field::Empty,
+    )
+}
+
 async fn get(
     inner: &Arc<Inner>,
     entry: &Arc<Entry>,
@@ -408,6 +426,7 @@ async fn get(
                     // Refresh ahead: nobody waits for this flight.
                     let _background = start_flight(inner, entry, &mut st, None);
                 }
+                tracing::Span::current().record("botfleet.token.cache", "hit");
                 return Ok(token);
             }
             if let Some((until, err)) = &st.refused {
@@ -420,6 +439,7 @@ async fn get(
                 None => start_flight(inner, entry, &mut st, rejected.cloned()),
             }
         };
+        tracing::Span::current().record("botfleet.token.cache", "miss");
         let got = flight.await?;
         // A flight that started before the rejection may bring the rejected
         // token back (e.g. from the shared tier); ask once more in that case.

@@ -28,6 +28,17 @@ use crate::outbound::Replier;
 pub const TIMESTAMP_HEADER: &str = "X-Botfleet-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-Botfleet-Signature";
 
+/// The W3C trace-context headers of `span` (none when it has no trace).
+fn trace_headers(span: &tracing::Span) -> reqwest::header::HeaderMap {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (name, value) in botfleet_telemetry::trace::context_headers(span) {
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+            map.insert(name, v);
+        }
+    }
+    map
+}
+
 /// Largest webhook answer read; a bigger one is an error, not a memory spike.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
@@ -134,6 +145,40 @@ impl WebhookHandler {
     /// - timed out or lost the connection after sending, answered another
     ///   status, or an unreadable answer: it ran, or may have -> `Failed`.
     async fn call(&self, activity: &Activity) -> Result<Answer, HandlerError> {
+        use tracing::Instrument;
+        // The host only: a webhook URL may carry a key in its path or query.
+        let host = url::Url::parse(&self.config.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "webhook",
+            otel.name = "POST webhook",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            server.address = %host,
+            http.response.status_code = tracing::field::Empty,
+            botfleet.outcome = tracing::field::Empty,
+        );
+        let result = self.call_untraced(activity).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(HandlerError::Retry(_)) => "retry",
+            Err(_) => "failed",
+        };
+        span.record("botfleet.outcome", outcome);
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        result
+    }
+
+    /// One webhook request, in the current (`webhook`) span, whose W3C
+    /// `traceparent` / `tracestate` it carries
+    /// (https://www.w3.org/TR/trace-context/): the bot logic's spans join
+    /// the turn's trace.
+    async fn call_untraced(&self, activity: &Activity) -> Result<Answer, HandlerError> {
         let body = serde_json::to_vec(activity).map_err(|e| {
             self.fail(HandlerError::Failed(format!(
                 "activity not serialisable: {e}"
@@ -150,6 +195,7 @@ impl WebhookHandler {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(TIMESTAMP_HEADER, ts.to_string())
             .header(SIGNATURE_HEADER, sign(&self.config.secret, ts, &body))
+            .headers(trace_headers(&tracing::Span::current()))
             .body(body)
             .send()
             .await
@@ -168,6 +214,7 @@ impl WebhookHandler {
                 })
             })?;
         let status = resp.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         let bytes = read_limited(resp).await.map_err(|e| {
             self.fail(HandlerError::Failed(format!(
                 "webhook {url} answer not read: {e}"
