@@ -1459,16 +1459,18 @@ pub struct StateView {
 impl StateView {
     pub fn of(st: &StateFields) -> Self {
         let t = |f: &str| num(st, f).map(rfc3339);
+        // Cleared fields are stored as "" (a set, not a delete): shown as absent.
+        let text = |f: &str| st.get(f).filter(|v| !v.is_empty()).cloned();
         Self {
-            graph_subscription_id: st.get(field::GRAPH_ID).cloned(),
+            graph_subscription_id: text(field::GRAPH_ID),
             expires_at: t(field::EXPIRES),
             last_renewal: t(field::LAST_RENEWAL),
             last_notification: t(field::LAST_NOTIFICATION),
             last_seen_message: t(field::LAST_SEEN),
             last_resync: t(field::LAST_RESYNC),
-            last_error: st.get(field::LAST_ERROR).cloned(),
+            last_error: text(field::LAST_ERROR),
             last_error_at: t(field::LAST_ERROR_AT),
-            pending_event: st.get(field::EVENT).cloned(),
+            pending_event: text(field::EVENT),
         }
     }
 }

@@ -157,6 +157,8 @@ problem_types! {
         "Change it in the configuration file and restart; the admin API changes only bots it created.");
     NOTIFICATION_NOT_FOUND = ("notification_not_found", 404, "Notification not found",
         "No notification job with this id for the bots this key may see.");
+    GRAPH_SUBSCRIPTION_NOT_FOUND = ("graph_subscription_not_found", 404, "Graph subscription not found",
+        "No Graph subscription with this id for the bots this key may see.");
     IDEMPOTENCY_CONFLICT = ("idempotency_conflict", 409, "Idempotency-Key reused",
         "This Idempotency-Key created another notification with a different body; use a new key.");
     PRECONDITION_FAILED = ("precondition_failed", 412, "Stale ETag",

@@ -40,6 +40,9 @@ pub enum AdminError {
     /// No such job, or one of a bot the key does not reach.
     #[error("no notification `{0}` (or it belongs to a bot this key is not scoped to)")]
     NotificationNotFound(String),
+    /// No such Graph subscription, or one of a bot the key does not reach.
+    #[error("no Graph subscription `{0}` (or it belongs to a bot this key is not scoped to)")]
+    GraphSubscriptionNotFound(String),
     /// The message names the key and the job it created.
     #[error("{0}")]
     IdempotencyConflict(String),
@@ -99,6 +102,7 @@ impl AdminError {
             Self::BotNotFound(_) => p::BOT_NOT_FOUND,
             Self::KeyNotFound(_) => p::KEY_NOT_FOUND,
             Self::NotificationNotFound(_) => p::NOTIFICATION_NOT_FOUND,
+            Self::GraphSubscriptionNotFound(_) => p::GRAPH_SUBSCRIPTION_NOT_FOUND,
             Self::IdempotencyConflict(_) => p::IDEMPOTENCY_CONFLICT,
             Self::RouteNotFound => p::NOT_FOUND,
             Self::InvalidField { .. } | Self::InvalidFields(_) => p::INVALID_FIELD,

@@ -205,7 +205,7 @@ pub async fn get_subscription(
         Some(spec) if call.principal.reaches(&spec.bot) => {
             Ok(HttpResponse::Ok().json(view(&graph, &spec).await?))
         }
-        _ => Err(AdminError::RouteNotFound),
+        _ => Err(AdminError::GraphSubscriptionNotFound(id)),
     }
 }
 
@@ -237,7 +237,7 @@ pub async fn delete_subscription(
         let graph = service(&state)?;
         let spec = match load(&graph, &id).await? {
             Some(s) if call.principal.reaches(&s.bot) => s,
-            _ => return Err(AdminError::RouteNotFound),
+            _ => return Err(AdminError::GraphSubscriptionNotFound(id.clone())),
         };
         if spec.source == Source::Configuration {
             return Err(AdminError::Forbidden(format!(
