@@ -1011,3 +1011,122 @@ async fn a_one_target_job_does_not_wait_behind_a_big_job_to_the_same_tenant() {
         took.as_secs_f64()
     );
 }
+
+/// `GET /bots/{bot}/notifications`: newest first, cursor pages, a state
+/// filter, bad filters named; `botfleet notifications list`; an activity
+/// that names its own routing (`conversation`, `from`, `recipient`) is refused
+/// naming the field.
+#[actix_web::test]
+async fn jobs_are_listed_newest_first_by_page_and_state() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("notify-list");
+    let bf = start(&sim.url, &prefix, true);
+    let convs = conversations("list", T3, 2);
+    seed(&sim.url, &bf, &convs).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let a = notify(
+            &bf,
+            json!({"targets": {"tenant": T3}, "activity": {"type": "message", "text": format!("list {i}")}}),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+        let id = a.body["id"].as_str().unwrap().to_owned();
+        wait_final(&bf, &id, Duration::from_secs(30)).await;
+        ids.push(id);
+    }
+    let list = |query: &str| {
+        call(
+            reqwest::Method::GET,
+            format!("{}/admin/v1/bots/bot/notifications{query}", bf.admin_url()),
+            BOOT,
+            None,
+            None,
+        )
+    };
+    let all = list("").await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    let got: Vec<&str> = all.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(got, newest_first);
+    assert!(all.body["next"].is_null(), "{}", all.body);
+    // Pages of one, following `next`.
+    let mut paged = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let q = match &next {
+            Some(n) => format!("?limit=1&next={n}"),
+            None => "?limit=1".to_owned(),
+        };
+        let page = list(&q).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        for j in page.body["items"].as_array().unwrap() {
+            paged.push(j["id"].as_str().unwrap().to_owned());
+        }
+        match page.body["next"].as_str() {
+            Some(n) => next = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, newest_first);
+    // By state: every job completed, none running.
+    let completed = list("?state=completed").await;
+    assert_eq!(completed.body["items"].as_array().unwrap().len(), 3);
+    let running = list("?state=running").await;
+    assert_eq!(running.body["items"], json!([]), "{}", running.body);
+    let bad = list("?state=done").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert!(bad.body.to_string().contains("state"), "{}", bad.body);
+    let unknown = call(
+        reqwest::Method::GET,
+        format!("{}/admin/v1/bots/nobot/notifications", bf.admin_url()),
+        BOOT,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.body);
+
+    // The CLI lists the same jobs.
+    let (code, out, err) = cli(&bf, &["notifications", "list", "--bot", "bot"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("STATE") && ids.iter().all(|id| out.contains(id.as_str())),
+        "{out}"
+    );
+    let (code, out, err) = cli(
+        &bf,
+        &[
+            "notifications",
+            "list",
+            "--bot",
+            "bot",
+            "--state",
+            "running",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["items"], json!([]), "{out}");
+
+    // Routing comes from the stored references: naming it is refused.
+    for field in ["conversation", "from", "recipient"] {
+        let mut activity = json!({"type": "message", "text": "x"});
+        activity[field] = json!({"id": "29:someone"});
+        let a = notify(
+            &bf,
+            json!({"targets": {"all": true}, "activity": activity}),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        assert_eq!(a.body["field"], format!("activity.{field}"), "{}", a.body);
+    }
+}

@@ -282,6 +282,7 @@ pub(crate) fn routes() -> utoipa_actix_web::scope::Scope<
         .service(keys::revoke_key)
         .service(audit::list_audit)
         .service(notifications::create_notification)
+        .service(notifications::list_notifications)
         .service(notifications::get_notification)
         .service(notifications::list_targets)
         .service(notifications::cancel_notification)

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use actix_web::http::header;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use botfleet_store::jobs::{
-    DeliveryState, DeliveryStateKind, JobRecord, JobSpec, JobStore, JobStoreError, TargetEntry,
-    TargetSelection, UserTarget,
+    DeliveryState, DeliveryStateKind, JobRecord, JobSpec, JobState, JobStore, JobStoreError,
+    TargetEntry, TargetSelection, UserTarget,
 };
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -271,6 +271,29 @@ pub struct TargetPage {
     pub next: Option<String>,
 }
 
+/// A page of a bot's notification jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationPage {
+    pub items: Vec<Notification>,
+    /// Pass as `next` for the following page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// Filter and paging of `GET /bots/{bot}/notifications`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NotificationQuery {
+    /// Only jobs in this state: `queued`, `running`, `completed`,
+    /// `cancelled` or `failed`.
+    pub state: Option<String>,
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    pub next: Option<String>,
+}
+
 /// Filter and paging of `GET /notifications/{job}/targets`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -422,6 +445,17 @@ pub fn check_activity(activity: &serde_json::Value) -> Result<(), AdminError> {
             ));
         }
         _ => return Err(AdminError::field("activity.type", "required: \"message\"")),
+    }
+    // Routing comes from the stored reference of each target; an activity
+    // that names a conversation or parties would either be ignored or send
+    // one target's message into another's conversation.
+    for field in ["conversation", "from", "recipient"] {
+        if activity.get(field).is_some() {
+            return Err(AdminError::field(
+                format!("activity.{field}"),
+                format!("must not be set: botfleet fills `{field}` for each target from its stored conversation reference (remove it)"),
+            ));
+        }
     }
     let has_text = activity
         .get("text")
@@ -602,6 +636,50 @@ pub async fn create_notification(
     Ok(answer.json(Notification::of(&job)))
 }
 
+/// A bot's notification jobs, newest first, with their state and counts;
+/// `state=running` lists what is under way. With `state`, a page may be
+/// shorter than `limit` (even empty) and still have a `next`: one request
+/// reads at most 10,000 jobs; keep following `next`.
+#[utoipa::path(
+    tag = "notifications",
+    operation_id = "listNotifications",
+    params(("bot" = String, Path, description = "The bot's id."), NotificationQuery),
+    responses((status = 200, description = "A page of jobs, newest first.", body = NotificationPage)),
+    security(("api_key" = []))
+)]
+#[get("/bots/{bot}/notifications")]
+pub async fn list_notifications(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AdminError> {
+    let bot = path.into_inner();
+    authorize(&req, &state, Action::NotificationsGet, Some(&bot), true).await?;
+    let q: NotificationQuery = query(&req)?;
+    let limit = PageQuery {
+        limit: q.limit,
+        next: None,
+    }
+    .limit()?;
+    let job_state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| AdminError::InvalidQuery {
+            field: "state".into(),
+            problem: "one of queued, running, completed, cancelled, failed".into(),
+        })?),
+    };
+    let notifications = jobs_of(&state)?;
+    find(&state, &bot).await?;
+    let page = notifications
+        .jobs
+        .list_jobs_in_state(&bot, job_state, q.next.as_deref(), limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(NotificationPage {
+        items: page.items.iter().map(Notification::of).collect(),
+        next: page.next_cursor,
+    }))
+}
+
 /// The job `id` if the caller's key reaches its bot; 404 otherwise (a key
 /// scoped to other bots learns nothing about the job, not even that it exists).
 async fn visible_job(
@@ -723,6 +801,15 @@ mod tests {
             Ok(()) => None,
             Err(AdminError::InvalidField { field, .. }) => Some(field),
             Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+
+    #[test]
+    fn routing_fields_are_refused_by_name() {
+        for field in ["conversation", "from", "recipient"] {
+            let mut a = json!({"type": "message", "text": "hi"});
+            a[field] = json!({"id": "x"});
+            assert_eq!(refused_field(a), Some(format!("activity.{field}")));
         }
     }
 

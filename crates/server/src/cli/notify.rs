@@ -75,6 +75,24 @@ pub enum NotificationsCommand {
     },
     /// Cancel what is not sent yet.
     Cancel { job: String },
+    /// A bot's jobs, newest first (id, state, counts, created).
+    List {
+        /// The bot whose jobs to list.
+        #[arg(long)]
+        bot: String,
+        /// Only jobs in this state: queued, running, completed, cancelled, failed.
+        #[arg(long, value_parser = ["queued", "running", "completed", "cancelled", "failed"])]
+        state: Option<String>,
+        /// Items per request, 1 to 1000 (default 100).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+        /// Start after this cursor (the `next` of a previous page).
+        #[arg(long, value_name = "CURSOR")]
+        next: Option<String>,
+        /// Follow every page to the end.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn read_json_file(flag: &str, path: &Path) -> Result<Value, CliError> {
@@ -377,6 +395,54 @@ pub async fn notifications(
                 by_reason(&list)
             ));
             Ok(Output::text(text))
+        }
+        NotificationsCommand::List {
+            bot,
+            state,
+            limit,
+            next,
+            all,
+        } => {
+            let mut query = Vec::new();
+            if let Some(s) = state {
+                query.push(("state", s));
+            }
+            let paging = super::client::Paging {
+                limit: limit.or(all.then_some(1000)),
+                next,
+                all,
+            };
+            let (doc, next) = client
+                .list(&["bots", &bot, "notifications"], query, &paging)
+                .await?;
+            if json {
+                return Ok(Output::json(&doc));
+            }
+            let rows: Vec<Vec<String>> = doc["items"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|j| {
+                    let c = &j["counts"];
+                    vec![
+                        super::output::field(j, "id"),
+                        super::output::field(j, "state"),
+                        super::output::cell(&c["total"]),
+                        super::output::cell(&c["delivered"]),
+                        super::output::cell(&c["failed"]),
+                        super::output::field(j, "created_at"),
+                    ]
+                })
+                .collect();
+            let mut out = Output::text(super::output::table(
+                &["ID", "STATE", "TOTAL", "DELIVERED", "FAILED", "CREATED"],
+                &rows,
+            ));
+            if let Some(n) = next {
+                out = out.note(format!("more: --next {}", super::output::shell_quote(&n)));
+            }
+            Ok(out)
         }
         NotificationsCommand::Cancel { job } => {
             let doc = client

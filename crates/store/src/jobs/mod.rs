@@ -525,6 +525,60 @@ pub trait JobStore: Send + Sync {
         limit: usize,
     ) -> Result<JobPage, JobStoreError>;
 
+    /// A bot's jobs in `state` (all with `None`), newest first; `limit`
+    /// clamped to `1..=MAX_PAGE`. Pages [`JobStore::list_jobs`] and filters:
+    /// one call reads at most 10,000 jobs of the bot and, when it has not
+    /// filled the page by then, answers what it found with a cursor after
+    /// the last job it read (a page may then be short, even empty, with a
+    /// `next_cursor`: keep following it).
+    async fn list_jobs_in_state(
+        &self,
+        bot_id: &str,
+        state: Option<JobState>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage, JobStoreError> {
+        const SCAN_PAGE: usize = 200;
+        const SCAN_MAX: usize = 10_000;
+        let Some(state) = state else {
+            return self.list_jobs(bot_id, cursor, limit).await;
+        };
+        let size = page_size(limit);
+        let mut items = Vec::new();
+        let mut cursor = cursor.map(str::to_owned);
+        let mut scanned = 0;
+        let mut last_read: Option<String> = None;
+        while scanned < SCAN_MAX {
+            let page = self.list_jobs(bot_id, cursor.as_deref(), SCAN_PAGE).await?;
+            for job in page.items {
+                scanned += 1;
+                last_read = Some(encode_cursor(&memory::job_cursor(
+                    job.created_at_ms,
+                    &job.id,
+                )));
+                if job.state == state {
+                    items.push(job);
+                    if items.len() > size {
+                        return Ok(JobPage::from_overfetched(items, size));
+                    }
+                }
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => {
+                    return Ok(JobPage {
+                        items,
+                        next_cursor: None,
+                    })
+                }
+            }
+        }
+        Ok(JobPage {
+            items,
+            next_cursor: last_read,
+        })
+    }
+
     /// Jobs of every bot that are not final, oldest first (by creation time,
     /// then id), after `cursor`; `limit` clamped to `1..=MAX_PAGE`. Backed by an
     /// index of active jobs, so a sweep reads what is running, not every bot's
