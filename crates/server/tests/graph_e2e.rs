@@ -1329,3 +1329,125 @@ async fn admin_api_creates_shows_and_deletes_a_subscription_through_a_429_storm(
         assert!(b["detail"].as_str().unwrap().contains("from-api"), "{b}");
     }
 }
+
+/// Percentile `p` (0..=100) of sorted `v`.
+fn percentile(v: &[u64], p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Measurement for docs/benchmarks.md (run by hand: `cargo test -p
+/// botfleet-server --test graph_e2e -- --ignored --nocapture`): the
+/// notification endpoint's acknowledgement latency as the sim measures it
+/// over ~1,000 single-item deliveries, then processing throughput of a
+/// burst of 2,000 messages delivered in Graph's batches (record action).
+#[actix_web::test]
+#[ignore = "a measurement, not a check: run by hand"]
+async fn graph_ack_latency_and_processing_throughput() {
+    let sim = start_sim();
+    let chat = "19:bench@thread.v2";
+    let resource = format!("/chats/{chat}/messages");
+    sim_chat(&sim.url, chat).await;
+    let graph_url = format!("{}/graph/v1.0", sim.url);
+    let prefix = testing::unique_prefix("graph-bench");
+    let sub = format!(
+        "[[graph.subscriptions]]\nid = \"bench\"\nbot = \"bot\"\ntenant_id = \"{TENANT}\"\nresource = \"{resource}\"\naction = {{ kind = \"record\" }}\n"
+    );
+    let bf = start(&config(
+        &sim.url,
+        &graph_url,
+        &testing::single_url(),
+        &prefix,
+        &sub,
+    ));
+    live_sub(&sim.url, &resource, &[]).await;
+    let processed = || async {
+        metric_sum(
+            bf.admin_url(),
+            "botfleet_graph_actions_total",
+            &[("kind", "record")],
+        )
+        .await
+    };
+
+    // Phase 1: one item per POST (no batching window, one poster).
+    post_json(
+        format!("{}/_sim/graph/config", sim.url),
+        json!({"batchWindowMs": 0}),
+    )
+    .await;
+    let n = 1000usize;
+    let started = Instant::now();
+    let sim_url = sim.url.clone();
+    for i in 0..n {
+        post_message(&sim_url, chat, &format!("bench {i}")).await;
+    }
+    wait_for(Duration::from_secs(300), "phase 1 processed", || async {
+        (processed().await >= n as f64).then_some(())
+    })
+    .await;
+    let phase1 = started.elapsed();
+    let d = sim_deliveries(&sim.url, "notification").await;
+    let mut lat: Vec<u64> = d.iter().filter_map(|x| x["latencyMs"].as_u64()).collect();
+    lat.sort_unstable();
+    let items: u64 = d.iter().filter_map(|x| x["items"].as_u64()).sum();
+    let late = d.iter().filter(|x| x["outcome"] != "delivered").count();
+    println!(
+        "GRAPH-BENCH ack latency over {} POSTs ({items} items): p50 {} ms, p90 {} ms, p99 {} ms, max {} ms; not delivered first time: {late}; {n} processed in {:.1} s ({:.0}/s)",
+        lat.len(),
+        percentile(&lat, 50.0),
+        percentile(&lat, 90.0),
+        percentile(&lat, 99.0),
+        lat.last().copied().unwrap_or(0),
+        phase1.as_secs_f64(),
+        n as f64 / phase1.as_secs_f64()
+    );
+
+    // Phase 2: Graph's batching (50 ms window), 2,000 messages from 16 posters.
+    post_json(
+        format!("{}/_sim/graph/config", sim.url),
+        json!({"batchWindowMs": 50}),
+    )
+    .await;
+    let before = sim_deliveries(&sim.url, "notification").await.len();
+    let m = 2000usize;
+    let started = Instant::now();
+    futures::future::join_all((0..16).map(|w| {
+        let sim_url = sim_url.clone();
+        async move {
+            for i in (w..m).step_by(16) {
+                post_message(&sim_url, chat, &format!("burst {i}")).await;
+            }
+        }
+    }))
+    .await;
+    let posted = started.elapsed();
+    wait_for(Duration::from_secs(300), "phase 2 processed", || async {
+        (processed().await >= (n + m) as f64).then_some(())
+    })
+    .await;
+    let phase2 = started.elapsed();
+    let d: Vec<Value> = sim_deliveries(&sim.url, "notification")
+        .await
+        .into_iter()
+        .skip(before)
+        .collect();
+    let mut lat: Vec<u64> = d.iter().filter_map(|x| x["latencyMs"].as_u64()).collect();
+    lat.sort_unstable();
+    println!(
+        "GRAPH-BENCH burst: {m} messages posted in {:.1} s, {} POSTs (p50 {} ms, p99 {} ms), all processed after {:.1} s ({:.0}/s)",
+        posted.as_secs_f64(),
+        d.len(),
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0),
+        phase2.as_secs_f64(),
+        m as f64 / phase2.as_secs_f64()
+    );
+    assert_eq!(
+        metric_sum(bf.admin_url(), "botfleet_graph_duplicates_total", &[]).await,
+        0.0
+    );
+}
