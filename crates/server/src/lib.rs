@@ -203,10 +203,15 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
                     settings.store.redis_pool_size,
                 )
                 .map_err(|e| StartError::Store(e.to_string()))?;
-                if let Err(e) = pool.ping().await {
-                    // Keep starting: /readyz reports it and the store recovers
-                    // when Redis comes back.
-                    tracing::error!(error = %e, "Redis is not reachable at start-up");
+                if let Err(e) = redis_ping(&pool).await {
+                    // Keep starting: /readyz answers 503 naming Redis,
+                    // `announce_when_ready` checks again with backoff, and
+                    // the store recovers when Redis comes back.
+                    tracing::error!(
+                        redis = %redis_hosts(&settings.store.redis_urls),
+                        error = %e,
+                        "Redis is not reachable at start-up; serving /healthz, /readyz answers 503 and the check is retried with backoff until Redis answers"
+                    );
                 }
                 let store: Arc<dyn ConversationStore> = Arc::new(RedisConversationStore::new(
                     pool.clone(),
@@ -286,7 +291,12 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         Environment::process(),
         settings.admin.credential_dirs.clone(),
     ));
-    match follower.sync().await {
+    // Bounded: a Redis that accepts connections but never answers must not
+    // keep the listeners (and /healthz, the startup probe) from starting.
+    match tokio::time::timeout(STARTUP_STORE_READ, follower.sync())
+        .await
+        .unwrap_or_else(|_| Err(startup_read_timed_out()))
+    {
         Ok(_) => {
             let st = follower.status();
             tracing::info!(
@@ -339,7 +349,10 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
     let admin = Arc::new(admin);
     admin.spawn_audit_retention(Duration::from_secs(3600));
     if settings.admin.bootstrap_key.is_none() {
-        match admin_stores.keys.list().await {
+        match tokio::time::timeout(STARTUP_STORE_READ, admin_stores.keys.list())
+            .await
+            .unwrap_or_else(|_| Err(startup_read_timed_out()))
+        {
             Ok(keys) if keys.is_empty() => tracing::warn!(
                 "the admin API has no bootstrap key and no API key exists: nobody can use it; set [admin] bootstrap_key_file (or bootstrap_key_env) to a random key of at least 32 characters"
             ),
@@ -360,6 +373,18 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         draining: Arc::default(),
         graph: Some(graph),
     })
+}
+
+/// Longest wait for each read of the admin store during start-up (the bots
+/// and keys registered through the admin API); past it start-up carries on as
+/// if the store were unreachable, and the registry follower retries.
+const STARTUP_STORE_READ: Duration = Duration::from_secs(3);
+
+fn startup_read_timed_out() -> botfleet_store::admin::AdminStoreError {
+    botfleet_store::admin::AdminStoreError::Unavailable(format!(
+        "no answer within {} at start-up",
+        humantime::format_duration(STARTUP_STORE_READ)
+    ))
 }
 
 async fn healthz() -> HttpResponse {
@@ -518,7 +543,7 @@ async fn readiness(state: &AppState) -> (Vec<String>, Vec<String>) {
         return (problems, warnings);
     }
     if let Some(redis) = &state.redis {
-        if let Err(e) = redis.ping().await {
+        if let Err(e) = redis_ping(redis).await {
             problems.push(format!("redis: {e}"));
         }
     }
@@ -546,6 +571,39 @@ async fn readiness(state: &AppState) -> (Vec<String>, Vec<String>) {
         ));
     }
     (problems, warnings)
+}
+
+/// How long a readiness check waits for Redis's PONG. Below the chart's probe
+/// timeout (2 s), so that a Redis that drops packets (no connection refused)
+/// is reported by name instead of every probe and the start-up check hanging
+/// for the kernel's connect timeout (about two minutes on Linux).
+const REDIS_PING_TIMEOUT: Duration = Duration::from_millis(1500);
+
+async fn redis_ping(pool: &RedisPool) -> Result<(), String> {
+    match tokio::time::timeout(REDIS_PING_TIMEOUT, pool.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer to PING within {}",
+            humantime::format_duration(REDIS_PING_TIMEOUT)
+        )),
+    }
+}
+
+/// `host:port` of each Redis URL, for log lines: never the URL itself, which
+/// may carry the password.
+fn redis_hosts(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| match url::Url::parse(u) {
+            Ok(p) => format!(
+                "{}:{}",
+                p.host_str().unwrap_or("?"),
+                p.port().unwrap_or(6379)
+            ),
+            Err(_) => "(unparseable URL)".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `{"ready":true}` (200) or `{"ready":false,"problems":[...]}` (503), with
@@ -713,24 +771,59 @@ pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Prints the ready line once [`readiness`] finds nothing missing, logging what
-/// is missing (when it changes) until then.
+/// First and largest pause between start-up readiness checks: they back off
+/// (doubling) from the first to the second, so a replica waiting for Redis
+/// asks it a dozen times a minute, not twice a second, and announces readiness
+/// at most 5 s after Redis answers (`/readyz` itself checks on every request).
+const READY_RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
+/// Longest gap between two "not ready yet" lines while nothing changes: one
+/// line per check at first, the gaps doubling up to this.
+const READY_LOG_MAX_GAP: Duration = Duration::from_secs(30);
+
+/// Prints the ready line once [`readiness`] finds nothing missing; until then
+/// checks again with backoff ([`READY_RETRY`]) and logs what is missing, with
+/// the attempt and the next check (rate-limited: [`READY_LOG_MAX_GAP`]; at
+/// once when the problems change).
 async fn announce_when_ready(state: web::Data<AppState>, url: String, admin_url: String) {
+    let started = std::time::Instant::now();
     let mut last: Vec<String> = Vec::new();
+    let (mut delay, max_delay) = READY_RETRY;
+    let mut logged: Option<(std::time::Instant, Duration)> = None;
+    let mut attempt: u64 = 0;
     loop {
+        attempt += 1;
         let (problems, _) = readiness(&state).await;
         if problems.is_empty() {
-            tracing::info!(%url, %admin_url, "botfleet ready");
+            tracing::info!(%url, %admin_url, attempt, waited = %humantime::format_duration(round_ms(started.elapsed())), "botfleet ready");
             println!(
                 "{}",
                 serde_json::json!({"ready": true, "url": url, "admin_url": admin_url})
             );
             return;
         }
-        if problems != last {
-            tracing::warn!(problems = ?problems, "botfleet is listening but not ready yet");
+        let due = match logged {
+            None => true,
+            Some((at, gap)) => problems != last || at.elapsed() >= gap,
+        };
+        if due {
+            let gap = logged.map_or(Duration::from_secs(1), |(_, g)| {
+                (g * 2).min(READY_LOG_MAX_GAP)
+            });
+            tracing::warn!(
+                attempt,
+                waited = %humantime::format_duration(round_ms(started.elapsed())),
+                next_check_in = %humantime::format_duration(delay),
+                problems = ?problems,
+                "botfleet is listening but not ready yet (/readyz answers 503); checking again"
+            );
+            logged = Some((std::time::Instant::now(), gap));
             last = problems;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(max_delay);
     }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
