@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod graph;
+pub mod graph_auth;
 pub mod ingress_http;
 pub mod notify;
 pub mod problem;
@@ -346,6 +347,15 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
     .await
     .map_err(|e| StartError::Store(format!("Graph subscriptions: {e}")))?;
     let admin = admin.with_graph(graph.clone());
+    let graph_auth = graph_auth::build(
+        &settings,
+        redis.as_ref(),
+        &prepared,
+        outbound.tokens.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Store(format!("Graph delegated credentials: {e}")))?;
+    let admin = admin.with_graph_auth(graph_auth);
     let admin = Arc::new(admin);
     admin.spawn_audit_retention(Duration::from_secs(3600));
     if settings.admin.bootstrap_key.is_none() {

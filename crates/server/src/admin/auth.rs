@@ -192,6 +192,9 @@ pub enum Action {
     GraphSubscriptionsGet,
     GraphSubscriptionsCreate,
     GraphSubscriptionsDelete,
+    GraphCredentialsGet,
+    GraphCredentialsSignIn,
+    GraphAppsInstall,
 }
 
 impl Action {
@@ -218,6 +221,9 @@ impl Action {
             Self::GraphSubscriptionsGet => "graph.subscriptions.get",
             Self::GraphSubscriptionsCreate => "graph.subscriptions.create",
             Self::GraphSubscriptionsDelete => "graph.subscriptions.delete",
+            Self::GraphCredentialsGet => "graph.credentials.get",
+            Self::GraphCredentialsSignIn => "graph.credentials.sign_in",
+            Self::GraphAppsInstall => "graph.apps.install",
         }
     }
 
@@ -238,6 +244,9 @@ impl Action {
             Self::GraphSubscriptionsCreate | Self::GraphSubscriptionsDelete => {
                 Permission::BotsWrite
             }
+            // A credential and an installation act as their bot.
+            Self::GraphCredentialsGet => Permission::BotsRead,
+            Self::GraphCredentialsSignIn | Self::GraphAppsInstall => Permission::BotsWrite,
         }
     }
 
@@ -256,6 +265,8 @@ impl Action {
                 | Self::NotificationsCancel
                 | Self::GraphSubscriptionsCreate
                 | Self::GraphSubscriptionsDelete
+                | Self::GraphCredentialsSignIn
+                | Self::GraphAppsInstall
         )
     }
 }

@@ -39,6 +39,7 @@ pub mod bots;
 pub mod conversations;
 pub mod error;
 pub mod graph;
+pub mod graph_auth;
 pub mod keys;
 pub mod notifications;
 pub mod openapi;
@@ -151,6 +152,8 @@ pub struct AdminState {
     pub(crate) notifications: Option<notifications::NotificationsState>,
     /// Graph subscriptions; `None` answers the Graph routes 503.
     pub(crate) graph: Option<Arc<botfleet_graph::GraphService>>,
+    /// Delegated Graph credentials and app installation.
+    pub(crate) graph_auth: Option<Arc<crate::graph_auth::GraphAuth>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -194,6 +197,7 @@ impl AdminState {
             credential_dirs: config.credential_dirs,
             notifications: None,
             graph: None,
+            graph_auth: None,
         })
     }
 
@@ -211,6 +215,12 @@ impl AdminState {
     /// Serves the Graph subscription routes from this service.
     pub fn with_graph(mut self, graph: Arc<botfleet_graph::GraphService>) -> Self {
         self.graph = Some(graph);
+        self
+    }
+
+    /// Serves the delegated-credential and app-installation routes.
+    pub fn with_graph_auth(mut self, auth: Arc<crate::graph_auth::GraphAuth>) -> Self {
+        self.graph_auth = Some(auth);
         self
     }
 
@@ -290,6 +300,13 @@ pub(crate) fn routes() -> utoipa_actix_web::scope::Scope<
         .service(graph::create_subscription)
         .service(graph::get_subscription)
         .service(graph::delete_subscription)
+        .service(graph_auth::list_credentials)
+        .service(graph_auth::get_credential)
+        .service(graph_auth::sign_in)
+        .service(graph_auth::callback)
+        .service(graph_auth::refresh)
+        .service(graph_auth::check)
+        .service(graph_auth::install_app)
         .service(openapi::get_openapi)
         .default_service(web::to(not_found))
 }

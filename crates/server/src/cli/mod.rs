@@ -15,6 +15,7 @@
 mod bots;
 mod client;
 mod error;
+mod graph;
 mod notify;
 mod output;
 mod resources;
@@ -125,6 +126,14 @@ pub enum AdminCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delegated Graph credentials: sign-in (prints the URL), status, refresh.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Graph {
+        #[command(subcommand)]
+        command: graph::GraphCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Outbound (Bot Connector) token status per bot, as the answering
     /// replica sees it: cached, expiry, last refresh, last failure. Never a
     /// token.
@@ -148,7 +157,8 @@ impl AdminCommand {
             | Self::Audit { client, .. }
             | Self::Tokens { client, .. }
             | Self::Notify { client, .. }
-            | Self::Notifications { client, .. } => client,
+            | Self::Notifications { client, .. }
+            | Self::Graph { client, .. } => client,
         }
     }
 }
@@ -210,5 +220,6 @@ async fn dispatch(command: AdminCommand) -> Result<Output, CliError> {
         AdminCommand::Notifications { command, .. } => {
             notify::notifications(&client, command, json).await
         }
+        AdminCommand::Graph { command, .. } => graph::run(&client, command, json).await,
     }
 }

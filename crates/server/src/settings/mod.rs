@@ -52,6 +52,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Graph change notifications (`[graph]`, docs/graph.md).
     pub graph: crate::graph::GraphSettings,
+    /// Delegated Graph credentials (`[graph_auth]`, docs/graph.md).
+    pub graph_auth: crate::graph_auth::GraphAuthSettings,
     /// Custom clouds (tests, botfleet-sim, sovereign clouds without a preset),
     /// each defined in full.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -968,6 +970,9 @@ impl Settings {
         }
         let bot_ids: Vec<String> = self.bots.iter().map(|b| b.id.clone()).collect();
         for (key, problem) in self.graph.check(&bot_ids) {
+            errors.push(ConfigError::new(key, problem));
+        }
+        for (key, problem) in self.graph_auth.check(&bot_ids) {
             errors.push(ConfigError::new(key, problem));
         }
         if errors.is_empty() {
