@@ -1267,6 +1267,23 @@ impl GraphService {
         let id = entry.spec.id.as_str();
         let cfg = self.cfg();
         let got = client.get(token, graph_id).await?;
+        let ours = self.notification_url();
+        if got
+            .value
+            .notification_url
+            .as_deref()
+            .is_some_and(|u| u != ours)
+        {
+            // `graph.public_url` changed (a move, or a run without one on a
+            // new port): Graph would keep posting to the old address, and its
+            // lifecycle URL cannot be changed by PATCH. Delete it and answer
+            // "gone", so the caller recreates it here and reads the gap back.
+            tracing::warn!(subscription = %id, "Graph: the subscription points at another notification URL (graph.public_url changed); recreating it at this one");
+            client.delete(token, graph_id).await?;
+            return Err(RoundError::Graph(GraphError::NotFound(
+                "moved to this deployment's notification URL".into(),
+            )));
+        }
         let local = now_ms();
         let date = got.date_ms.unwrap_or(local);
         let expires = got.value.expires_ms().unwrap_or(0);

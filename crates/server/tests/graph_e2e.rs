@@ -1451,3 +1451,91 @@ async fn graph_ack_latency_and_processing_throughput() {
         0.0
     );
 }
+
+/// botfleet down while messages are posted (Graph's retries run out and
+/// drop them), then started again at another address: the new process takes
+/// the lease, moves the subscription to its own notification URL (recreated
+/// there: the old one would keep delivering to a dead address), reads the
+/// gap back, and a `reauthorizationRequired` is answered with a
+/// reauthorization. Every message exactly once.
+#[actix_web::test]
+async fn messages_posted_while_botfleet_is_down_are_read_back_and_a_moved_endpoint_is_followed() {
+    let sim = start_sim();
+    let sink = Sink::start();
+    let proxy = Proxy::start(&sim.url);
+    let chat = "19:outage@thread.v2";
+    let resource = format!("/chats/{chat}/messages");
+    sim_chat(&sim.url, chat).await;
+    // Failed deliveries are dropped at once (Graph gives up after about 4 h).
+    post_json(
+        format!("{}/_sim/graph/config", sim.url),
+        json!({"retryDelaysMs": []}),
+    )
+    .await;
+    let prefix = testing::unique_prefix("graph-outage");
+    let toml = config(
+        &sim.url,
+        &proxy.graph_url,
+        &testing::single_url(),
+        &prefix,
+        &webhook_sub("outage", &resource, &sink.url, ""),
+    );
+    let bf = start(&toml);
+    let first = live_sub(&sim.url, &resource, &[]).await;
+    let gid1 = first["id"].as_str().unwrap().to_owned();
+    let mut ids = vec![post_message(&sim.url, chat, "before the outage").await];
+    all_accepted(&sink, &ids, Duration::from_secs(10)).await;
+    drop(bf);
+    ids.push(post_message(&sim.url, chat, "during the outage 1").await);
+    ids.push(post_message(&sim.url, chat, "during the outage 2").await);
+    wait_for(
+        Duration::from_secs(10),
+        "the dropped deliveries",
+        || async {
+            let d = sim_deliveries(&sim.url, "notification").await;
+            (d.iter().filter(|x| x["outcome"] == "dropped").count() >= 1).then_some(())
+        },
+    )
+    .await;
+
+    let bf = start(&toml);
+    let moved = live_sub(&sim.url, &resource, std::slice::from_ref(&gid1)).await;
+    assert_eq!(
+        moved["notificationUrl"],
+        format!("{}/api/graph/notifications", bf.url()),
+        "{moved}"
+    );
+    all_accepted(&sink, &ids, Duration::from_secs(15)).await;
+    ids.push(post_message(&sim.url, chat, "after the restart").await);
+    all_accepted(&sink, &ids, Duration::from_secs(10)).await;
+
+    let gid2 = moved["id"].as_str().unwrap().to_owned();
+    post_json(
+        format!("{}/_sim/graph/subscriptions/{gid2}/lifecycle", sim.url),
+        json!({"event": "reauthorizationRequired"}),
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "the reauthorization", || async {
+        let s = live_sub(&sim.url, &resource, &[]).await;
+        let asked = proxy.subscription_calls().iter().any(|c| {
+            c.method == "POST"
+                && c.path.ends_with(&format!("{gid2}/reauthorize"))
+                && c.status == 204
+        });
+        (asked && s["reauthorizationRequired"] == false).then_some(())
+    })
+    .await;
+    ids.push(post_message(&sim.url, chat, "after the reauthorization").await);
+    all_accepted(&sink, &ids, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_exactly_once(&sink, &ids);
+    assert_eq!(
+        metric_sum(
+            bf.admin_url(),
+            "botfleet_graph_subscription_reauthorizations_total",
+            &[]
+        )
+        .await,
+        1.0
+    );
+}
