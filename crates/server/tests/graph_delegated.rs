@@ -435,3 +435,71 @@ async fn installing_the_app_for_users_who_never_talked_to_the_bot_then_notifying
         .count();
     assert_eq!(n, 2);
 }
+
+#[actix_web::test]
+async fn installs_over_graphs_rate_wait_out_each_429_and_all_succeed() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("graph-install-429");
+    let key = key_file();
+    let bf = start(&sim.url, &prefix, key.path(), "5m");
+    // The sim allows 2 installs per second: 6 at once get 429s with Retry-After.
+    post_json(
+        format!("{}/_sim/graph/config", sim.url),
+        json!({"installsPerSec": 2}),
+    )
+    .await;
+    let users: Vec<String> = (1..=6)
+        .map(|i| format!("7c0b0000-0000-4000-8000-00000000000{i}"))
+        .collect();
+    let started = std::time::Instant::now();
+    let r = http()
+        .post(format!(
+            "{}/admin/v1/bots/bot/graph/installed-apps",
+            bf.admin_url()
+        ))
+        .bearer_auth(BOOT)
+        .json(&json!({"tenantId": TENANT, "users": users}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    for (i, u) in users.iter().enumerate() {
+        assert_eq!(v["items"][i]["userId"], *u, "{v}");
+        assert_eq!(v["items"][i]["newlyInstalled"], true, "{v}");
+        assert!(v["items"][i].get("error").is_none(), "{v}");
+    }
+    // 6 at 2/s cannot all pass in the first second: the 429s were waited out.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn credentials_without_a_token_key_are_refused_at_start_naming_the_setting() {
+    let cfg = config(
+        "http://127.0.0.1:9",
+        "unused",
+        std::path::Path::new("/unused"),
+        "5m",
+    )
+    .replace("token_key_file = \"/unused\"\n", "");
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut f, cfg.as_bytes()).unwrap();
+    let out = std::process::Command::new(workspace_bin("botfleet"))
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .env("H25_BOOT", BOOT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("graph_auth.token_key_file"), "{text}");
+    assert!(text.contains("openssl rand -base64 32"), "{text}");
+}
