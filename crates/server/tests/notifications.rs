@@ -1130,3 +1130,73 @@ async fn jobs_are_listed_newest_first_by_page_and_state() {
         assert_eq!(a.body["field"], format!("activity.{field}"), "{}", a.body);
     }
 }
+
+/// `notify.retention`: a finished job, its targets and its idempotency key
+/// are deleted that long after it ended (here 2 s; checked every second):
+/// the job answers 404, it leaves the bot's list, and the same
+/// Idempotency-Key and body create a new job (which is sent again).
+#[actix_web::test]
+async fn finished_jobs_are_deleted_after_the_retention() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("notify-retention");
+    let toml = format!(
+        "{}\n[notify]\nretention = \"2s\"\n",
+        config(&sim.url, &prefix, true)
+    );
+    let bf = start_botfleet_with(&toml, &[("H11_NOTIFY_BOOT", BOOT)]);
+    let convs = conversations("retention", T3, 2);
+    seed(&sim.url, &bf, &convs).await;
+    let body =
+        json!({"targets": {"tenant": T3}, "activity": {"type": "message", "text": "kept 2 s"}});
+    let first = notify(&bf, body.clone(), Some("retained-key")).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    wait_final(&bf, &id, Duration::from_secs(30)).await;
+    let job_url = format!("{}/admin/v1/notifications/{id}", bf.admin_url());
+    let started = Instant::now();
+    loop {
+        let a = call(reqwest::Method::GET, job_url.clone(), BOOT, None, None).await;
+        if a.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the finished job is still there after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Not deleted before the retention ran out.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let targets = call(
+        reqwest::Method::GET,
+        format!("{job_url}/targets"),
+        BOOT,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(targets.status, StatusCode::NOT_FOUND, "{}", targets.body);
+    let list = call(
+        reqwest::Method::GET,
+        format!("{}/admin/v1/bots/bot/notifications", bf.admin_url()),
+        BOOT,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(list.body["items"], json!([]), "{}", list.body);
+    let second = notify(&bf, body, Some("retained-key")).await;
+    assert_eq!(second.status, StatusCode::ACCEPTED, "{}", second.body);
+    assert_ne!(second.body["id"].as_str().unwrap(), id);
+    assert!(second.headers.get("idempotent-replayed").is_none());
+    let second = second.body["id"].as_str().unwrap().to_owned();
+    wait_final(&bf, &second, Duration::from_secs(30)).await;
+    let sent = sends_by_conversation(&sim.url, "kept 2 s").await;
+    assert!(sent.values().all(|n| *n == 2), "{sent:?}");
+}

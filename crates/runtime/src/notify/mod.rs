@@ -150,6 +150,9 @@ pub struct NotifierConfig {
     /// A throttled item waiting at most this long stays in this process
     /// (its tenant paused); longer waits go back to the store.
     pub local_requeue_max: Duration,
+    /// Finished jobs (their targets and idempotency keys) are deleted this
+    /// long after they ended (`notify.retention`).
+    pub retention: Duration,
     /// The `RetryPolicy::max_rate_limit_wait` the bots' notifier clients
     /// should use: longer waits come back as `Throttled` and are rescheduled.
     pub max_rate_limit_wait: Duration,
@@ -177,6 +180,7 @@ impl Default for NotifierConfig {
             max_backoff: Duration::from_secs(60),
             local_requeue_max: Duration::from_secs(3),
             max_rate_limit_wait: Duration::from_millis(200),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -193,6 +197,12 @@ impl NotifierConfig {
     /// between 100 ms and 20 s (two touches can fail before one is late).
     pub fn touch_every(&self) -> Duration {
         (self.reclaim_idle / 3).clamp(Duration::from_millis(100), Duration::from_secs(20))
+    }
+
+    /// How often finished jobs past [`NotifierConfig::retention`] are
+    /// deleted: a tenth of it, between 1 s and 1 h.
+    pub fn purge_every(&self) -> Duration {
+        (self.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
     /// How often the active jobs are checked for an expansion nobody holds: a
@@ -388,6 +398,7 @@ impl Notifier {
             tokio::spawn(take_loop(ctx.clone(), items_tx.clone())),
             tokio::spawn(reclaim_loop(ctx.clone(), items_tx)),
             tokio::spawn(sweep_loop(ctx.clone())),
+            tokio::spawn(purge_loop(ctx.clone())),
         ];
         tracing::info!(consumer = %ctx.consumer, workers = ctx.config.workers, "notifier started");
         Self { ctx, tasks }
@@ -425,8 +436,9 @@ impl Notifier {
             // The taker and the reclaimer stop at their next turn, the
             // sweeper now; the dispatcher and the toucher go on until the
             // sends in flight are done.
-            if let Some(sweeper) = self.tasks.get(4) {
-                sweeper.abort();
+            for t in self.tasks.iter().skip(4) {
+                // The sweeper and the purger.
+                t.abort();
             }
             let jobs: Vec<String> = ctx.expanding.lock().iter().cloned().collect();
             for job in jobs {
@@ -858,6 +870,38 @@ async fn touch_loop(ctx: Arc<Ctx>) {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "notifier: cannot refresh the items in hand; next tick retries (if it stays down past reclaim_idle other replicas may take them over)");
+            }
+        }
+    }
+}
+
+/// Deletes every bot's jobs that ended more than `retention` ago (every
+/// replica does it; deleting twice is harmless).
+async fn purge_loop(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(ctx.config.purge_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let cutoff = now_ms()
+            .saturating_sub(u64::try_from(ctx.config.retention.as_millis()).unwrap_or(u64::MAX));
+        for bot in ctx.bots.bot_ids() {
+            let mut total = 0;
+            loop {
+                match ctx.jobs.purge_finished(&bot, cutoff, 500).await {
+                    Ok(n) => {
+                        total += n;
+                        if n < 500 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(bot = %bot, error = %e, "notifier: cannot delete finished jobs past their retention; next round retries");
+                        break;
+                    }
+                }
+            }
+            if total > 0 {
+                tracing::info!(bot = %bot, jobs = total, "notifier: deleted finished notification jobs past their retention");
             }
         }
     }

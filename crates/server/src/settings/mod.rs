@@ -282,6 +282,10 @@ pub struct NotifySettings {
     /// Targets a job's selection is expanded by at a time (conversations read
     /// per store page).
     pub expansion_page: usize,
+    /// Finished notification jobs, their targets and idempotency keys are
+    /// deleted this long after they ended (docs/notifications.md).
+    #[serde(with = "duration")]
+    pub retention: Duration,
 }
 
 impl Default for NotifySettings {
@@ -293,6 +297,7 @@ impl Default for NotifySettings {
             expansion_lease: d.expansion_lease,
             max_in_flight_per_tenant: d.per_tenant,
             expansion_page: d.expand_page,
+            retention: d.retention,
         }
     }
 }
@@ -306,6 +311,7 @@ impl NotifySettings {
             expansion_lease: self.expansion_lease,
             per_tenant: self.max_in_flight_per_tenant,
             expand_page: self.expansion_page,
+            retention: self.retention,
             ..Default::default()
         }
     }
@@ -799,6 +805,13 @@ impl Settings {
                     "must be between 1s and 1h, e.g. \"60s\": work a dead replica left waits this long".into(),
                 );
             }
+        }
+        if n.retention < Duration::from_secs(1) || n.retention > Duration::from_secs(3650 * 86_400)
+        {
+            fail(
+                "notify.retention",
+                "must be between 1s and 3650d, e.g. \"7d\": finished notification jobs are deleted that long after they ended".into(),
+            );
         }
         if !(1..=64).contains(&n.max_in_flight_per_tenant) {
             fail(

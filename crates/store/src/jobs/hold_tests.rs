@@ -166,6 +166,67 @@ async fn own_marker_is_resumed(store: &dyn JobStore) {
     );
 }
 
+/// Finished jobs older than the cutoff go with their idempotency key (the
+/// key then creates a new job); running ones and newer ones stay.
+async fn finished_jobs_are_purged(store: &dyn JobStore) {
+    use super::{Expansion, JobState};
+    let spec = |key: &str| JobSpec {
+        bot_id: "purge-bot".into(),
+        targets: TargetSelection::All,
+        activity: serde_json::json!({"type": "message", "text": "hi"}),
+        idempotency_key: Some(key.into()),
+        body_hash: "h".into(),
+        created_by: None,
+    };
+    let old = store
+        .create_job(spec("old"), 1_000)
+        .await
+        .unwrap()
+        .job()
+        .id
+        .clone();
+    let running = store
+        .create_job(spec("running"), 1_000)
+        .await
+        .unwrap()
+        .job()
+        .id
+        .clone();
+    let recent = store
+        .create_job(spec("recent"), 1_000)
+        .await
+        .unwrap()
+        .job()
+        .id
+        .clone();
+    for (id, at) in [(&old, 2_000), (&recent, 9_000)] {
+        let done = Expansion {
+            cursor: None,
+            complete: true,
+        };
+        let j = store.set_expansion(id, &done, at).await.unwrap();
+        assert_eq!(j.state, JobState::Completed);
+    }
+    assert_eq!(
+        store.purge_finished("purge-bot", 5_000, 10).await.unwrap(),
+        1
+    );
+    assert!(store.get_job(&old).await.unwrap().is_none());
+    assert!(store.get_job(&running).await.unwrap().is_some());
+    assert!(store.get_job(&recent).await.unwrap().is_some());
+    let listed = store.list_jobs("purge-bot", None, 10).await.unwrap();
+    assert_eq!(listed.items.len(), 2);
+    let again = store.create_job(spec("old"), 6_000).await.unwrap();
+    assert!(matches!(again, super::CreateJob::Created(_)), "{again:?}");
+    assert_ne!(again.job().id, old);
+    let same = store.create_job(spec("recent"), 6_000).await.unwrap();
+    assert!(matches!(same, super::CreateJob::Existing(_)), "{same:?}");
+    assert_eq!(
+        store.purge_finished("purge-bot", 5_000, 10).await.unwrap(),
+        0
+    );
+}
+
 macro_rules! suite {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -178,6 +239,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn released_items_are_taken_at_once() {
                 super::released_items_are_taken_at_once(&$make("release")).await;
+            }
+            #[tokio::test]
+            async fn finished_jobs_are_purged() {
+                super::finished_jobs_are_purged(&$make("purge")).await;
             }
             #[tokio::test]
             async fn own_marker_is_resumed() {

@@ -615,6 +615,52 @@ impl JobStore for MemoryJobStore {
             .collect())
     }
 
+    async fn purge_finished(
+        &self,
+        bot_id: &str,
+        finished_before_ms: u64,
+        max: usize,
+    ) -> Result<usize, JobStoreError> {
+        let mut inner = self.inner.lock();
+        let Some(set) = inner.bot_jobs.get(bot_id) else {
+            return Ok(0);
+        };
+        // A job finished before the cutoff was created before it too.
+        let old: Vec<(u64, String)> = set
+            .iter()
+            .take_while(|(created, _)| *created < finished_before_ms)
+            .filter(|(_, id)| {
+                inner.jobs.get(id).is_none_or(|j| {
+                    j.record.state.is_final()
+                        && j.record
+                            .finished_at_ms
+                            .is_some_and(|f| f < finished_before_ms)
+                })
+            })
+            .take(max.max(1))
+            .cloned()
+            .collect();
+        for key in &old {
+            if let Some(set) = inner.bot_jobs.get_mut(bot_id) {
+                set.remove(key);
+            }
+            inner.active.remove(key);
+            if let Some(job) = inner.jobs.remove(&key.1) {
+                if let Some(k) = job.record.spec.idempotency_key {
+                    let idem = (bot_id.to_owned(), k);
+                    if inner
+                        .idempotency
+                        .get(&idem)
+                        .is_some_and(|(j, _)| *j == key.1)
+                    {
+                        inner.idempotency.remove(&idem);
+                    }
+                }
+            }
+        }
+        Ok(old.len())
+    }
+
     async fn touch(
         &self,
         consumer: &str,

@@ -743,6 +743,18 @@ pub trait JobStore: Send + Sync {
         resume_own: bool,
     ) -> Result<BeginSend, JobStoreError>;
 
+    /// Retention: deletes up to `max` of `bot_id`'s jobs that ended (final
+    /// state) before `finished_before_ms`, with their targets, their delivery
+    /// states and their idempotency key (the same key then creates a new
+    /// job). Jobs not final are kept whatever their age. Returns how many
+    /// were deleted; call again while it returns `max`.
+    async fn purge_finished(
+        &self,
+        bot_id: &str,
+        finished_before_ms: u64,
+        max: usize,
+    ) -> Result<usize, JobStoreError>;
+
     /// Keeps items `consumer` still holds (taken, not finished: waiting in
     /// its queues while their tenant is paused, or in flight) from looking
     /// idle, so [`JobStore::reclaim`] elsewhere does not take them over

@@ -343,6 +343,14 @@ end
 return n
 "#;
 
+/// KEYS: bot idem hash. ARGV: field, job id. Deletes the idempotency entry
+/// if it still maps to that job.
+const IDEM_FORGET: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw and cjson.decode(raw).j == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
 /// KEYS: work stream, due zset. ARGV: group, entry id, due at, member.
 const RESCHEDULE: &str = r#"
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[4])
@@ -506,6 +514,7 @@ struct Scripts {
     claim_expansion: Script,
     touch: Script,
     release: Script,
+    idem_forget: Script,
 }
 
 impl std::fmt::Debug for RedisJobStore {
@@ -614,6 +623,7 @@ impl RedisJobStore {
                 claim_expansion: Script::new(CLAIM_EXPANSION),
                 touch: Script::new(TOUCH),
                 release: Script::new(RELEASE),
+                idem_forget: Script::new(IDEM_FORGET),
             },
         }
     }
@@ -1498,6 +1508,74 @@ impl JobStore for RedisJobStore {
                 work_item(&id.id, field("j"), field("t"), field("a"))
             })
             .collect())
+    }
+
+    async fn purge_finished(
+        &self,
+        bot_id: &str,
+        finished_before_ms: u64,
+        max: usize,
+    ) -> Result<usize, JobStoreError> {
+        let max = max.max(1);
+        let mut conn = self.conn().await?;
+        // Oldest first; a job finished before the cutoff was created before it.
+        // Jobs still running are skipped, so read a few more than `max`.
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.bot_key(bot_id, "list"))
+            .arg("-inf")
+            .arg(format!("({finished_before_ms}"))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max.saturating_mul(4))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        drop(conn);
+        let mut purged = 0;
+        for id in ids {
+            if purged >= max {
+                break;
+            }
+            let job = match self.get_job(&id).await {
+                Ok(j) => j,
+                // Unreadable: kept for a person to look at.
+                Err(JobStoreError::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(job) = &job {
+                let ended_before = job.state.is_final()
+                    && job.finished_at_ms.is_some_and(|f| f < finished_before_ms);
+                if !ended_before {
+                    continue;
+                }
+            }
+            let mut conn = self.conn().await?;
+            // The job's keys share its hash tag: one DEL.
+            let _: i64 = redis::cmd("DEL")
+                .arg(self.job_keys(&id).all())
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if let Some(key) = job.as_ref().and_then(|j| j.spec.idempotency_key.as_ref()) {
+                let _: i64 = self
+                    .scripts
+                    .idem_forget
+                    .key(self.bot_key(bot_id, "idem"))
+                    .arg(idem_field(key))
+                    .arg(&id)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let _: i64 = redis::cmd("ZREM")
+                .arg(self.bot_key(bot_id, "list"))
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            purged += 1;
+        }
+        Ok(purged)
     }
 
     async fn touch(
