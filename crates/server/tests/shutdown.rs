@@ -196,6 +196,32 @@ async fn sigterm_under_load_loses_nothing_and_sends_nothing_twice() {
         lost.len(),
         accepted.len()
     );
+    // Nothing was processed behind the caller's back: an activity whose request
+    // got no answer (connection refused or closed as the listener stopped) must
+    // not have been echoed either, or Teams would resend one that was handled.
+    let unanswered_but_handled: Vec<_> = outcomes
+        .iter()
+        .filter(|(t, (o, _))| *o == Outcome::NoAnswer && echoes.contains_key(t.as_str()))
+        .map(|(t, _)| t)
+        .collect();
+    assert!(
+        unanswered_but_handled.is_empty(),
+        "handled (echoed) but the request got no answer: {unanswered_but_handled:?}"
+    );
+    // Every echo at the sim belongs to an activity this test sent and saw
+    // answered: nothing reached Teams that the caller was not told about.
+    let unexplained: Vec<_> = echoes
+        .keys()
+        .filter(|t| {
+            !outcomes
+                .get(t.as_str())
+                .is_some_and(|(o, _)| matches!(o, Outcome::Status(s) if (200..300).contains(s)))
+        })
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "echoes of activities not answered 2xx: {unexplained:?}"
+    );
     eprintln!(
         "requests {}, accepted {} ({} after SIGTERM), exit after {took:?}",
         outcomes.len(),
