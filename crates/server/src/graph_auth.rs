@@ -20,7 +20,7 @@ use botfleet_graph::delegated::{
 use botfleet_store::graph::credentials::{
     CredentialStore, MemoryCredentialStore, RedisCredentialStore,
 };
-use botfleet_store::graph::{GraphStore, MemoryGraphStore, RedisGraphStore};
+use botfleet_store::graph::GraphStore;
 use botfleet_store::RedisPool;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -304,6 +304,7 @@ pub(crate) async fn build(
     redis: Option<&RedisPool>,
     prepared: &[PreparedBot],
     tokens: TokenCache,
+    subscriptions: Arc<dyn GraphStore>,
 ) -> Result<Arc<GraphAuth>, String> {
     let s = &settings.graph_auth;
     let http = botfleet_auth::outbound::default_http_client();
@@ -317,23 +318,16 @@ pub(crate) async fn build(
         let keys = s.keys().map_err(|(k, p)| format!("{k}: {p}"))?.ok_or(
             "graph_auth.token_key_file: delegated credentials need a token encryption key",
         )?;
-        let (store, graph): (Arc<dyn CredentialStore>, Arc<dyn GraphStore>) =
-            match (settings.store.backend, redis) {
-                (StoreBackend::Redis, Some(pool)) => (
-                    Arc::new(RedisCredentialStore::new(
-                        pool.clone(),
-                        &settings.store.key_prefix,
-                    )),
-                    Arc::new(RedisGraphStore::new(
-                        pool.clone(),
-                        &settings.store.key_prefix,
-                    )),
-                ),
-                _ => (
-                    Arc::new(MemoryCredentialStore::new()),
-                    Arc::new(MemoryGraphStore::new()),
-                ),
-            };
+        // The subscription store of the Graph service: its leases, and the
+        // subscriptions marked when a credential fails.
+        let graph = subscriptions;
+        let store: Arc<dyn CredentialStore> = match (settings.store.backend, redis) {
+            (StoreBackend::Redis, Some(pool)) => Arc::new(RedisCredentialStore::new(
+                pool.clone(),
+                &settings.store.key_prefix,
+            )),
+            _ => Arc::new(MemoryCredentialStore::new()),
+        };
         let mut creds = Vec::new();
         for c in &s.credentials {
             let b = bots.get(&c.bot).ok_or_else(|| {

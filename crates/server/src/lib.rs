@@ -352,6 +352,7 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         redis.as_ref(),
         &prepared,
         outbound.tokens.clone(),
+        graph.store().clone(),
     )
     .await
     .map_err(|e| StartError::Store(format!("Graph delegated credentials: {e}")))?;
