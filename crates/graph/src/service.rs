@@ -39,7 +39,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 use crate::client::{GraphClient, GraphError, GraphSubscription};
-use crate::crypto::{certificate_for_graph, KeyRing};
+use crate::crypto::{certificate_for_graph, DecryptError, KeyRing};
 use crate::model::{
     ActionRule, ChangeItem, InboxPayload, MessageView, NotificationBatch, SubscriptionSpec,
 };
@@ -634,10 +634,20 @@ impl GraphService {
                     return Outcome::Ack;
                 }
             }
-            let Some(ring) = self.key_ring(entry).await else {
+            let Some(ring) = self.key_ring(entry, false).await else {
                 return Outcome::Retry;
             };
-            match ring.decrypt(content) {
+            let mut decrypted = ring.decrypt(content);
+            if matches!(decrypted, Err(DecryptError::KeyUnwrap)) {
+                // The key files may have been rotated since the ring was
+                // cached (Graph already encrypts to the new certificate):
+                // read them again before refusing.
+                let Some(ring) = self.key_ring(entry, true).await else {
+                    return Outcome::Retry;
+                };
+                decrypted = ring.decrypt(content);
+            }
+            match decrypted {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(subscription = %sub, reason = e.reason(), error = %e, "Graph: encrypted content refused");
@@ -823,10 +833,12 @@ impl GraphService {
         }
     }
 
-    async fn key_ring(&self, entry: &Entry) -> Option<Arc<KeyRing>> {
+    /// The subscription's keys, read from their files at most once a minute
+    /// unless `fresh` (a payload none of the cached keys unwraps).
+    async fn key_ring(&self, entry: &Entry, fresh: bool) -> Option<Arc<KeyRing>> {
         let enc = entry.spec.encryption.as_ref()?;
         if let Some((at, ring)) = entry.keys.lock().as_ref() {
-            if at.elapsed() < Duration::from_secs(60) {
+            if !fresh && at.elapsed() < Duration::from_secs(60) {
                 return Some(ring.clone());
             }
         }

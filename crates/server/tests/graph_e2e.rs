@@ -1539,3 +1539,65 @@ async fn messages_posted_while_botfleet_is_down_are_read_back_and_a_moved_endpoi
         1.0
     );
 }
+
+/// The encryption certificate rotated in place (new certificate and key in
+/// the configured files, the old key moved to `previous_key_file`): botfleet
+/// sends the new certificate to Graph at once, and messages encrypted to
+/// either certificate are decrypted; none is lost.
+#[actix_web::test]
+async fn a_rotated_encryption_certificate_loses_no_notification() {
+    let sim = start_sim();
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let old = tempfile::tempdir().unwrap();
+    let new = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let (_, older_key) = certificate(old.path());
+    let prev = dir.path().join("previous.pem");
+    std::fs::copy(&older_key, &prev).unwrap();
+    let chat = "19:rotate@thread.v2";
+    let resource = format!("/chats/{chat}/messages");
+    sim_chat(&sim.url, chat).await;
+    let graph_url = format!("{}/graph/v1.0", sim.url);
+    let prefix = testing::unique_prefix("graph-rotate");
+    let enc = format!(
+        "encryption = {{ certificate_file = \"{}\", key_file = \"{}\", previous_key_file = \"{}\", certificate_id = \"e2e-1\" }}",
+        cert.display(),
+        key.display(),
+        prev.display()
+    );
+    let bf = start(&config(
+        &sim.url,
+        &graph_url,
+        &testing::single_url(),
+        &prefix,
+        &webhook_sub("rotate", &resource, &sink.url, &enc),
+    ));
+    live_sub(&sim.url, &resource, &[]).await;
+    let mut ids = vec![post_message(&sim.url, chat, "before the rotation").await];
+    all_accepted(&sink, &ids, Duration::from_secs(10)).await;
+
+    // Rotate: the current key becomes the previous one.
+    let (new_cert, new_key) = certificate(new.path());
+    std::fs::copy(&key, &prev).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    let admin_url = bf.admin_url();
+    wait_for(
+        Duration::from_secs(10),
+        "the new certificate sent",
+        || async {
+            (metric_sum(admin_url, "botfleet_graph_subscription_renewals_total", &[]).await >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    ids.push(post_message(&sim.url, chat, "after the rotation").await);
+    all_accepted(&sink, &ids, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&sink, &ids);
+    assert_eq!(
+        metric_sum(admin_url, "botfleet_graph_items_rejected_total", &[]).await,
+        0.0
+    );
+}
