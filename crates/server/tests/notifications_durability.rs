@@ -391,14 +391,19 @@ async fn check_sends(
 }
 
 /// The conversations whose marker `bf` took over after its sender's lease
-/// ended (its log names each target: `target=c:<conversation id>`).
+/// ended (its log names each target: `marker=c:<conversation id>` in text
+/// logs, `"marker":"c:<conversation id>"` in JSON ones).
 fn takeovers(bf: &Botfleet) -> HashSet<String> {
     bf.proc
         .log_text()
         .lines()
         .filter(|l| l.contains("taking over a marker"))
         .filter_map(|l| {
-            let rest = &l[l.find("target=c:")? + "target=c:".len()..];
+            if let Some(at) = l.find("\"marker\":\"c:") {
+                let rest = &l[at + "\"marker\":\"c:".len()..];
+                return Some(rest.split('"').next()?.to_owned());
+            }
+            let rest = &l[l.find("marker=c:")? + "marker=c:".len()..];
             Some(rest.split_whitespace().next()?.to_owned())
         })
         .collect()

@@ -273,7 +273,7 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
                 // have it (it does not deduplicate a replayed POST). Same
                 // choice as an ambiguous reply: the bot's `ambiguous_send`.
                 if bot.client.ambiguous_policy() == AmbiguousPolicy::ReportUnknown {
-                    tracing::warn!(job = %item.job_id, target = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended; reporting delivery_unknown, not resending (ambiguous_send = report)");
+                    tracing::warn!(job = %item.job_id, marker = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended; reporting delivery_unknown, not resending (ambiguous_send = report)");
                     let outcome = failed(
                         reasons::DELIVERY_UNKNOWN,
                         None,
@@ -286,7 +286,7 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
                     }
                     return finished;
                 }
-                tracing::warn!(job = %item.job_id, target = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended and sending again (ambiguous_send = resend: the documented duplicate window)");
+                tracing::warn!(job = %item.job_id, marker = %item.target.key(), "notification delivery: taking over a marker whose sender's lease ended and sending again (ambiguous_send = resend: the documented duplicate window)");
             }
             attempt
         }
