@@ -1601,3 +1601,44 @@ async fn a_rotated_encryption_certificate_loses_no_notification() {
         0.0
     );
 }
+
+/// A gap of several pages (120 messages dropped while delivery was paused,
+/// Graph pages resync reads by 50) is read back whole after the removal that
+/// follows, oldest first, each message once.
+#[actix_web::test]
+async fn a_gap_of_several_pages_is_read_back_whole() {
+    let sim = start_sim();
+    let sink = Sink::start();
+    let chat = "19:pages@thread.v2";
+    let resource = format!("/chats/{chat}/messages");
+    sim_chat(&sim.url, chat).await;
+    let graph_url = format!("{}/graph/v1.0", sim.url);
+    let prefix = testing::unique_prefix("graph-pages");
+    let _bf = start(&config(
+        &sim.url,
+        &graph_url,
+        &testing::single_url(),
+        &prefix,
+        &webhook_sub("pages", &resource, &sink.url, ""),
+    ));
+    let sub = live_sub(&sim.url, &resource, &[]).await;
+    let mut ids = vec![post_message(&sim.url, chat, "seen live").await];
+    all_accepted(&sink, &ids, Duration::from_secs(10)).await;
+    sim_delivery_paused(&sim.url, true).await;
+    for i in 0..120 {
+        ids.push(post_message(&sim.url, chat, &format!("gap {i}")).await);
+    }
+    sim_delivery_paused(&sim.url, false).await;
+    let gid = sub["id"].as_str().unwrap();
+    post_json(
+        format!("{}/_sim/graph/subscriptions/{gid}/lifecycle", sim.url),
+        json!({"event": "subscriptionRemoved"}),
+    )
+    .await;
+    all_accepted(&sink, &ids, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&sink, &ids);
+    // Processed in the order they were written.
+    let order: Vec<String> = sink.hits().iter().map(|h| h.message_id.clone()).collect();
+    assert_eq!(order, ids);
+}
