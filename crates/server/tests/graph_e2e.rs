@@ -1642,3 +1642,51 @@ async fn a_gap_of_several_pages_is_read_back_whole() {
     let order: Vec<String> = sink.hits().iter().map(|h| h.message_id.clone()).collect();
     assert_eq!(order, ids);
 }
+
+/// The sim clock running at 10 simulated hours per real second for about
+/// 8 s (over three simulated days): the subscription is renewed in time
+/// again and again (never recreated), and every message posted meanwhile
+/// arrives once.
+#[actix_web::test]
+async fn a_fast_sim_clock_over_three_days_never_lets_the_subscription_lapse() {
+    let sim = start_sim();
+    let sink = Sink::start();
+    let chat = "19:scaled@thread.v2";
+    let resource = format!("/chats/{chat}/messages");
+    sim_chat(&sim.url, chat).await;
+    let graph_url = format!("{}/graph/v1.0", sim.url);
+    let prefix = testing::unique_prefix("graph-scaled");
+    let bf = start(&config(
+        &sim.url,
+        &graph_url,
+        &testing::single_url(),
+        &prefix,
+        &webhook_sub("scaled", &resource, &sink.url, ""),
+    ));
+    let first = live_sub(&sim.url, &resource, &[]).await;
+    sim_clock(&sim.url, json!({"scale": 36000.0})).await;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        ids.push(post_message(&sim.url, chat, &format!("tick {}", ids.len())).await);
+        let live = sim_subs(&sim.url, &resource).await;
+        assert_eq!(live.len(), 1, "the subscription lapsed: {live:?}");
+        assert_eq!(live[0]["id"], first["id"], "recreated: it had lapsed");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    sim_clock(&sim.url, json!({"scale": 1.0})).await;
+    all_accepted(&sink, &ids, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&sink, &ids);
+    let admin_url = bf.admin_url();
+    assert!(metric_sum(admin_url, "botfleet_graph_subscription_renewals_total", &[]).await >= 2.0);
+    assert_eq!(
+        metric_sum(
+            admin_url,
+            "botfleet_graph_subscription_creations_total",
+            &[]
+        )
+        .await,
+        1.0
+    );
+}
