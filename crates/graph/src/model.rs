@@ -42,8 +42,10 @@ pub struct SubscriptionSpec {
     pub encryption: Option<EncryptionSpec>,
     /// What to do with each message.
     pub action: ActionRule,
-    /// How the subscription authenticates. Only `app` (client credentials of the
-    /// bot's app) exists today; delegated access will add a variant.
+    /// How the subscription authenticates: `{"kind": "app"}` (default, the
+    /// bot's app by client credentials) or `{"kind": "delegated", "name":
+    /// "<credential>"}` (a `[[graph_auth.credentials]]` user, docs/graph.md
+    /// "Delegated access").
     #[serde(default)]
     pub credential: CredentialRef,
     /// Where it was defined (`configuration` or `api`); set by botfleet.
@@ -71,6 +73,24 @@ pub enum CredentialRef {
     /// scope `https://graph.microsoft.com/.default`, token of `tenant_id`.
     #[default]
     App,
+    /// Delegated permissions of a signed-in service user: the access token of
+    /// the `[[graph_auth.credentials]]` entry `name` (refreshed by botfleet;
+    /// https://learn.microsoft.com/graph/auth-v2-user). Its bot and tenant
+    /// should be the subscription's.
+    Delegated {
+        /// The credential's name: 1 to 64 of `[A-Za-z0-9._-]`.
+        name: String,
+    },
+}
+
+impl CredentialRef {
+    /// The delegated credential's name, `None` for `app`.
+    pub fn delegated(&self) -> Option<&str> {
+        match self {
+            Self::App => None,
+            Self::Delegated { name } => Some(name),
+        }
+    }
 }
 
 /// Rich-notification keys: files, read when used (so a rotated file is picked up).
@@ -194,6 +214,14 @@ impl SubscriptionSpec {
         if let Some(e) = &self.encryption {
             if e.certificate_id.is_empty() || e.certificate_id.len() > 128 {
                 return f("encryption.certificate_id", "must be 1 to 128 characters");
+            }
+        }
+        if let Some(name) = self.credential.delegated() {
+            if !crate::delegated::valid_name(name) {
+                return f(
+                    "credential.name",
+                    "must name a [[graph_auth.credentials]] entry: 1 to 64 of A-Z a-z 0-9 . _ -",
+                );
             }
         }
         match &self.action {

@@ -140,6 +140,17 @@ pub trait GraphApps: Send + Sync {
     fn app(&self, bot: &str) -> Option<GraphApp>;
     /// An app token for Graph as `bot` in `tenant` (client credentials).
     async fn token(&self, bot: &str, tenant: &str) -> Result<Secret, String>;
+    /// A delegated access token of the `[[graph_auth.credentials]]` entry
+    /// `name` (the server's [`crate::delegated::DelegatedService`]); the error
+    /// says what to do (configure it, sign in). Default: none configured.
+    async fn delegated_token(&self, name: &str) -> Result<Secret, String> {
+        Err(format!(
+            "delegated credential `{name}` is not configured ([[graph_auth.credentials]])"
+        ))
+    }
+    /// Graph answered 401 to `token` of credential `name` (Graph checks
+    /// expiry on its own clock): forget it so the next use refreshes.
+    async fn invalidate_delegated(&self, _name: &str, _token: &Secret) {}
 }
 
 /// Why a job could not be started.
@@ -302,6 +313,25 @@ impl GraphService {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The token `spec` calls Graph with: the bot's app token of its tenant,
+    /// or its delegated credential's access token.
+    async fn token_of(&self, spec: &SubscriptionSpec) -> Result<Secret, String> {
+        match spec.credential.delegated() {
+            None => self.apps.token(&spec.bot, &spec.tenant_id).await,
+            Some(name) => self.apps.delegated_token(name).await,
+        }
+    }
+
+    /// After Graph answered `err` to a call made with `token` of `spec`: a
+    /// 401 to a delegated token drops it from the cache (it can expire at
+    /// Graph before botfleet's clock says so), so the next round refreshes.
+    async fn after_graph_error(&self, spec: &SubscriptionSpec, token: &Secret, err: &GraphError) {
+        if let (GraphError::Unauthorized(_), Some(name)) = (err, spec.credential.delegated()) {
+            tracing::info!(subscription = %spec.id, credential = %name, "Graph refused the delegated access token (401); it is refreshed on the next use");
+            self.apps.invalidate_delegated(name, token).await;
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn GraphStore> {
@@ -660,7 +690,7 @@ impl GraphService {
                 Counters::bump(&self.counters.rejected, "no_resource");
                 return Outcome::Ack;
             }
-            let token = match self.apps.token(&spec.bot, &spec.tenant_id).await {
+            let token = match self.token_of(spec).await {
                 Ok(t) => t,
                 Err(e) => {
                     self.error(sub, &format!("Graph token: {e}")).await;
@@ -675,6 +705,7 @@ impl GraphService {
                     return Outcome::Ack;
                 }
                 Err(e) => {
+                    self.after_graph_error(spec, &token, &e).await;
                     self.error(sub, &format!("reading the message: {e}")).await;
                     return Outcome::Retry;
                 }
@@ -962,7 +993,7 @@ impl GraphService {
         let st = self.store.get_state(id).await?;
         if let (Some(gid), Some(e)) = (st.get(field::GRAPH_ID), self.entry(id)) {
             if let Some(app) = self.apps.app(&e.spec.bot) {
-                if let Ok(token) = self.apps.token(&e.spec.bot, &e.spec.tenant_id).await {
+                if let Ok(token) = self.token_of(&e.spec).await {
                     let client = GraphClient::new(self.http.clone(), &app.graph_url);
                     if let Err(err) = client.delete(token.expose(), gid).await {
                         tracing::warn!(subscription = %id, error = %err, "Graph: deleting the subscription at Graph failed; it expires on its own");
@@ -1181,11 +1212,30 @@ impl GraphService {
             *entry.client_state.write() = Some(Secret::new(cs.clone()));
         }
         let token = self
-            .apps
-            .token(&spec.bot, &spec.tenant_id)
+            .token_of(spec)
             .await
             .map_err(|e| RoundError::Graph(GraphError::Token(e)))?;
         let client = GraphClient::new(self.http.clone(), &app.graph_url);
+        let r = self
+            .round_with(entry, first_hold, &cfg, &client, &token, st)
+            .await;
+        if let Err(RoundError::Graph(e)) = &r {
+            self.after_graph_error(spec, &token, e).await;
+        }
+        r
+    }
+
+    /// The Graph calls of a round, with `token` of the subscription's credential.
+    async fn round_with(
+        &self,
+        entry: &Entry,
+        first_hold: bool,
+        cfg: &GraphConfig,
+        client: &GraphClient,
+        token: &Secret,
+        st: StateFields,
+    ) -> Result<(), RoundError> {
+        let id = entry.spec.id.as_str();
         let event = st.get(field::EVENT).cloned().unwrap_or_default();
         let graph_id = st.get(field::GRAPH_ID).cloned();
 
@@ -1194,9 +1244,9 @@ impl GraphService {
             if event == "removed" {
                 self.counters.removals.fetch_add(1, Relaxed);
             }
-            self.create(entry, &client, token.expose(), &st).await?;
+            self.create(entry, client, token.expose(), &st).await?;
             if had {
-                self.resync(entry, &client, token.expose()).await?;
+                self.resync(entry, client, token.expose()).await?;
             }
             return Ok(());
         };
@@ -1209,12 +1259,11 @@ impl GraphService {
                         .set_state(id, &[(field::EVENT, String::new())])
                         .await?;
                     // Renew too: a reauthorization request also comes near expiry.
-                    self.renew(entry, &client, token.expose(), &graph_id)
-                        .await?;
+                    self.renew(entry, client, token.expose(), &graph_id).await?;
                 }
                 Err(GraphError::NotFound(_)) => {
-                    self.create(entry, &client, token.expose(), &st).await?;
-                    self.resync(entry, &client, token.expose()).await?;
+                    self.create(entry, client, token.expose(), &st).await?;
+                    self.resync(entry, client, token.expose()).await?;
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
@@ -1235,12 +1284,12 @@ impl GraphService {
             || now.saturating_sub(checked) >= ms(cfg.check_interval)
             || cert_changed
         {
-            match self.renew(entry, &client, token.expose(), &graph_id).await {
+            match self.renew(entry, client, token.expose(), &graph_id).await {
                 Ok(()) => {}
                 Err(RoundError::Graph(GraphError::NotFound(_))) => {
                     tracing::warn!(subscription = %id, "Graph: the subscription is gone (expired or removed); recreating it");
-                    self.create(entry, &client, token.expose(), &st).await?;
-                    self.resync(entry, &client, token.expose()).await?;
+                    self.create(entry, client, token.expose(), &st).await?;
+                    self.resync(entry, client, token.expose()).await?;
                     return Ok(());
                 }
                 Err(e) => {
@@ -1251,7 +1300,7 @@ impl GraphService {
         }
         if first_hold {
             // Start-up or takeover: what arrived while nobody held it.
-            self.resync(entry, &client, token.expose()).await?;
+            self.resync(entry, client, token.expose()).await?;
         }
         Ok(())
     }
@@ -1481,6 +1530,10 @@ pub struct StateView {
     pub last_resync: Option<String>,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
+    /// The delegated credential's failure when it needs a new sign-in
+    /// (`consent_revoked`, `refresh_expired`, `refresh_invalid`); absent
+    /// while it works or for app credentials.
+    pub credential_status: Option<String>,
     /// A lifecycle event waiting for the lease holder.
     pub pending_event: Option<String>,
 }
@@ -1499,6 +1552,7 @@ impl StateView {
             last_resync: t(field::LAST_RESYNC),
             last_error: text(field::LAST_ERROR),
             last_error_at: t(field::LAST_ERROR_AT),
+            credential_status: text(crate::delegated::subscription_field::CREDENTIAL_STATUS),
             pending_event: text(field::EVENT),
         }
     }

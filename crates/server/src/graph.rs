@@ -183,6 +183,48 @@ impl GraphSettings {
     }
 }
 
+impl GraphSettings {
+    /// Each subscription naming a delegated credential names one of
+    /// `[[graph_auth.credentials]]` acting as the subscription's bot in its
+    /// tenant (the token's app and tenant are the subscription's owner at
+    /// Graph): `(key, problem)` pairs.
+    pub fn check_credentials(
+        &self,
+        credentials: &[botfleet_graph::delegated::DelegatedCredential],
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, s) in self.subscriptions.iter().enumerate() {
+            if let Some(name) = s.credential.delegated() {
+                if let Err(p) = credential_matches(s, credentials.iter().find(|c| c.name == name)) {
+                    out.push((format!("graph.subscriptions[{i}].credential.name"), p));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether `credential` (the one `spec` names) can serve `spec`; the problem
+/// otherwise.
+pub(crate) fn credential_matches(
+    spec: &SubscriptionSpec,
+    credential: Option<&botfleet_graph::delegated::DelegatedCredential>,
+) -> Result<(), String> {
+    let name = spec.credential.delegated().unwrap_or_default();
+    let Some(c) = credential else {
+        return Err(format!(
+            "`{name}` is not a delegated credential of [[graph_auth.credentials]]"
+        ));
+    };
+    if c.bot != spec.bot || c.tenant_id != spec.tenant_id {
+        return Err(format!(
+            "credential `{name}` acts as bot `{}` in tenant `{}`; the subscription is bot `{}` in tenant `{}`",
+            c.bot, c.tenant_id, spec.bot, spec.tenant_id
+        ));
+    }
+    Ok(())
+}
+
 // ----------------------------------------------------------------- tokens --
 
 /// The configuration bots' Graph side: their credentials in the shared token
@@ -194,7 +236,15 @@ struct ServerApps {
     tokens: TokenCache,
     http: reqwest::Client,
     handles: Mutex<HashMap<(String, String), TokenHandle>>,
+    /// The delegated credentials, set once `[graph_auth]` is built (it needs
+    /// the Graph service's store, so it comes after).
+    delegated: DelegatedSlot,
 }
+
+/// Where [`build`]'s token source finds the delegated credentials
+/// (`crate::graph_auth::GraphAuth::delegated`), filled after both are built.
+pub(crate) type DelegatedSlot =
+    Arc<std::sync::OnceLock<Arc<botfleet_graph::delegated::DelegatedService>>>;
 
 impl ServerApps {
     fn endpoints(&self, bot: &PreparedBot) -> Option<(String, String)> {
@@ -292,6 +342,21 @@ impl GraphApps for ServerApps {
         };
         handle.token().await.map_err(|e| e.to_string())
     }
+
+    async fn delegated_token(&self, name: &str) -> Result<Secret, String> {
+        let d = self.delegated.get().ok_or_else(|| {
+            format!("delegated credential `{name}` is not configured: add it to [[graph_auth.credentials]]")
+        })?;
+        d.access_token(name).await.map_err(|e| e.to_string())
+    }
+
+    async fn invalidate_delegated(&self, name: &str, token: &Secret) {
+        if let Some(d) = self.delegated.get() {
+            if let Err(e) = d.invalidate(name, token).await {
+                tracing::warn!(credential = %name, error = %e, "cannot drop the delegated access token Graph refused; it is used until its expiry");
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------------- jobs --
@@ -353,6 +418,7 @@ pub(crate) async fn build(
     prepared: &[PreparedBot],
     tokens: TokenCache,
     notifications: Option<NotificationsState>,
+    delegated: DelegatedSlot,
 ) -> Result<Arc<GraphService>, String> {
     let store: Arc<dyn GraphStore> = match (settings.store.backend, redis) {
         (StoreBackend::Redis, Some(pool)) => Arc::new(RedisGraphStore::new(
@@ -372,6 +438,7 @@ pub(crate) async fn build(
         tokens,
         http: botfleet_auth::outbound::default_http_client(),
         handles: Mutex::new(HashMap::new()),
+        delegated,
     });
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

@@ -183,6 +183,8 @@ pub struct GraphAuth {
     pub redirect_base_url: String,
     /// Credential name -> its bot.
     credential_bots: HashMap<String, String>,
+    /// The configured credentials.
+    credentials: Vec<DelegatedCredential>,
     bots: HashMap<String, PreparedBot>,
     graph_url: String,
     tokens: TokenCache,
@@ -209,6 +211,11 @@ impl GraphAuth {
     /// The bot a delegated credential acts as.
     pub fn bot_of(&self, credential: &str) -> Option<String> {
         self.credential_bots.get(credential).cloned()
+    }
+
+    /// The configured delegated credential `name`.
+    pub fn credential(&self, name: &str) -> Option<&DelegatedCredential> {
+        self.credentials.iter().find(|c| c.name == name)
     }
 
     fn graph_url(&self, bot: &PreparedBot) -> Option<String> {
@@ -370,6 +377,7 @@ pub(crate) async fn build(
             .iter()
             .map(|c| (c.name.clone(), c.bot.clone()))
             .collect(),
+        credentials: s.credentials.clone(),
         bots,
         graph_url: settings.graph.graph_url.trim_end_matches('/').to_owned(),
         tokens,

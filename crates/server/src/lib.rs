@@ -337,12 +337,14 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         notify_clients,
         runtime.counters().clone(),
     );
+    let delegated = graph::DelegatedSlot::default();
     let graph = graph::build(
         &settings,
         redis.as_ref(),
         &prepared,
         outbound.tokens.clone(),
         admin.notifications.clone(),
+        delegated.clone(),
     )
     .await
     .map_err(|e| StartError::Store(format!("Graph subscriptions: {e}")))?;
@@ -356,6 +358,9 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
     )
     .await
     .map_err(|e| StartError::Store(format!("Graph delegated credentials: {e}")))?;
+    if let Some(d) = &graph_auth.delegated {
+        let _ = delegated.set(d.clone());
+    }
     let admin = admin.with_graph_auth(graph_auth);
     let admin = Arc::new(admin);
     admin.spawn_audit_retention(Duration::from_secs(3600));

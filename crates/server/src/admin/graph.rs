@@ -103,7 +103,7 @@ pub async fn list_subscriptions(
 #[utoipa::path(
     tag = "graph",
     operation_id = "createGraphSubscription",
-    request_body(content = Object, description = "`{id, bot, tenant_id, resource, change_types?, encryption?: {certificate_file, key_file, previous_key_file?, certificate_id?}, action: {kind: webhook|job|record, ...}}`"),
+    request_body(content = Object, description = "`{id, bot, tenant_id, resource, change_types?, encryption?: {certificate_file, key_file, previous_key_file?, certificate_id?}, action: {kind: webhook|job|record, ...}, credential?: {kind: app} | {kind: delegated, name}}`"),
     responses((status = 201, description = "Created; Graph is subscribed within seconds (see `state`).", body = Subscription)),
     security(("api_key" = []))
 )]
@@ -133,6 +133,11 @@ pub async fn create_subscription(
         let mut spec: SubscriptionSpec = from_value(body)?;
         spec.source = Source::Api;
         spec.check().map_err(|(f, p)| AdminError::field(f, p))?;
+        if let Some(name) = spec.credential.delegated() {
+            let c = state.graph_auth.as_ref().and_then(|a| a.credential(name));
+            crate::graph::credential_matches(&spec, c)
+                .map_err(|p| AdminError::field("credential.name", p))?;
+        }
         if let Some(e) = &spec.encryption {
             for (k, p) in [
                 ("encryption.certificate_file", Some(&e.certificate_file)),

@@ -988,6 +988,9 @@ impl Settings {
         for (key, problem) in self.graph_auth.check(&bot_ids) {
             errors.push(ConfigError::new(key, problem));
         }
+        for (key, problem) in self.graph.check_credentials(&self.graph_auth.credentials) {
+            errors.push(ConfigError::new(key, problem));
+        }
         if errors.is_empty() {
             Ok(bots)
         } else {
