@@ -159,6 +159,8 @@ problem_types! {
         "No notification job with this id for the bots this key may see.");
     GRAPH_SUBSCRIPTION_NOT_FOUND = ("graph_subscription_not_found", 404, "Graph subscription not found",
         "No Graph subscription with this id for the bots this key may see.");
+    GRAPH_SUBSCRIPTION_CONFLICT = ("graph_subscription_conflict", 409, "Graph subscription id taken",
+        "A Graph subscription with this id exists; DELETE it first or pick another id.");
     IDEMPOTENCY_CONFLICT = ("idempotency_conflict", 409, "Idempotency-Key reused",
         "This Idempotency-Key created another notification with a different body; use a new key.");
     PRECONDITION_FAILED = ("precondition_failed", 412, "Stale ETag",

@@ -1301,6 +1301,24 @@ async fn admin_api_creates_shows_and_deletes_a_subscription_through_a_429_storm(
         sub["expirationDateTime"].as_str().unwrap()[..19],
         "{state} vs {sub}"
     );
+    let (s, _, b) = admin(
+        &bf,
+        reqwest::Method::POST,
+        "/graph/subscriptions",
+        Some(json!({
+            "id": "from-api",
+            "bot": "bot",
+            "tenant_id": TENANT,
+            "resource": "/chats/19:other@thread.v2/messages",
+            "action": {"kind": "record"},
+        })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(
+        b["type"], "urn:botfleet:problem:graph_subscription_conflict",
+        "{b}"
+    );
     let (s, _, list) = admin(&bf, reqwest::Method::GET, "/graph/subscriptions", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");

@@ -43,6 +43,8 @@ pub enum AdminError {
     /// No such Graph subscription, or one of a bot the key does not reach.
     #[error("no Graph subscription `{0}` (or it belongs to a bot this key is not scoped to)")]
     GraphSubscriptionNotFound(String),
+    #[error("a Graph subscription `{0}` exists; DELETE it first or pick another id")]
+    GraphSubscriptionConflict(String),
     /// The message names the key and the job it created.
     #[error("{0}")]
     IdempotencyConflict(String),
@@ -103,6 +105,7 @@ impl AdminError {
             Self::KeyNotFound(_) => p::KEY_NOT_FOUND,
             Self::NotificationNotFound(_) => p::NOTIFICATION_NOT_FOUND,
             Self::GraphSubscriptionNotFound(_) => p::GRAPH_SUBSCRIPTION_NOT_FOUND,
+            Self::GraphSubscriptionConflict(_) => p::GRAPH_SUBSCRIPTION_CONFLICT,
             Self::IdempotencyConflict(_) => p::IDEMPOTENCY_CONFLICT,
             Self::RouteNotFound => p::NOT_FOUND,
             Self::InvalidField { .. } | Self::InvalidFields(_) => p::INVALID_FIELD,

@@ -161,10 +161,7 @@ pub async fn create_subscription(
                 .map_err(|err| AdminError::field("encryption.certificate_file", err.to_string()))?;
         }
         if load(&graph, &spec.id).await?.is_some() {
-            return Err(AdminError::BotConflict(format!(
-                "a Graph subscription `{}` exists; DELETE it first or pick another id",
-                spec.id
-            )));
+            return Err(AdminError::GraphSubscriptionConflict(spec.id.clone()));
         }
         let json =
             Secret::revealing(|| serde_json::to_string(&spec)).map_err(|_| AdminError::Internal)?;
