@@ -168,6 +168,20 @@ pub fn encode_segment(s: &str) -> String {
     out
 }
 
+/// The operation label of a call on `/metrics` (`botfleet_connector_calls_total{operation}`).
+fn operation_label(call: &Call<'_>) -> &'static str {
+    match call.op {
+        teams::Operation::Create => "create_conversation",
+        teams::Operation::Members => "members",
+        teams::Operation::Send if call.method == Method::PUT => "update",
+        teams::Operation::Send if call.method == Method::DELETE => "delete",
+        // `/v3/conversations/{id}/activities/{activityId}` (the id segment is
+        // encoded, so it has no `/`): a reply.
+        teams::Operation::Send if call.path.matches('/').count() > 4 => "reply",
+        teams::Operation::Send => "send",
+    }
+}
+
 struct Call<'a> {
     method: Method,
     service_url: &'a str,
@@ -427,7 +441,8 @@ impl BotClient {
             Err(_) => None,
         };
         if let Some(n) = attempts {
-            span.record("botfleet.retry_count", n.saturating_sub(1));
+            // i64: tracing-opentelemetry exports unsigned fields as strings.
+            span.record("botfleet.retry_count", i64::from(n.saturating_sub(1)));
         }
         match &result {
             Ok(_) => {
@@ -469,8 +484,10 @@ impl BotClient {
         // Before the token: a refused host gets nothing, not even a token fetch.
         check(&service_url)?;
         let mut token = self.token(None).await?;
+        let operation = operation_label(&call);
         loop {
             check(&service_url)?;
+            let waiting = Instant::now();
             match acquire_within(
                 self.shared.limiter.as_ref(),
                 &buckets,
@@ -478,7 +495,9 @@ impl BotClient {
             )
             .await
             {
-                Ok(Acquired::Granted { .. }) => {}
+                Ok(Acquired::Granted { .. }) => {
+                    botfleet_telemetry::metrics::rate_limiter_waited(waiting.elapsed());
+                }
                 Ok(Acquired::TooLong { retry_after }) => {
                     return Err(if maybe_delivered {
                         unknown(attempts, "throttled before the next resend".into())
@@ -513,7 +532,8 @@ impl BotClient {
             let (retry_after, last) = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    tracing::Span::current().record("http.response.status_code", status);
+                    tracing::Span::current().record("http.response.status_code", i64::from(status));
+                    botfleet_telemetry::metrics::connector_call(operation, Some(status));
                     let correlation_id = ["x-correlating-operationid", "ms-cv"]
                         .iter()
                         .find_map(|h| resp.headers().get(*h))
@@ -609,6 +629,12 @@ impl BotClient {
                                         ));
                                     }
                                 }
+                                if status == 429 || (status == 503 && retry_after.is_some()) {
+                                    botfleet_telemetry::metrics::teams_throttled(
+                                        status,
+                                        retry_after,
+                                    );
+                                }
                                 if status == 429 {
                                     // Tell every sender (and replica) of this thread, not just this call.
                                     let hold = retry_after.unwrap_or(Duration::from_secs(1));
@@ -640,6 +666,7 @@ impl BotClient {
                     }
                 }
                 Err(e) => {
+                    botfleet_telemetry::metrics::connector_call(operation, None);
                     let detail = error_chain(&e);
                     // Connect errors (refused, DNS, TLS, connect timeout) happen
                     // before any byte of the request left: always safe to retry.
@@ -679,13 +706,26 @@ impl BotClient {
                     }
                 });
             }
+            // The warning line and `botfleet_connector_retries_total` come from one place.
             match &last {
-                LastFailure::Http(f) => {
-                    tracing::warn!(app_id = %bot.app_id, status = f.status, code = %f.code, attempts, retry_in_ms = delay.as_millis() as u64, "Bot Connector call failed transiently; retrying")
-                }
-                LastFailure::Transport(d) => {
-                    tracing::warn!(app_id = %bot.app_id, error = %d, attempts, retry_in_ms = delay.as_millis() as u64, "Bot Connector unreachable; retrying")
-                }
+                LastFailure::Http(f) => botfleet_telemetry::metrics::connector_retry(
+                    operation,
+                    &bot.app_id,
+                    Some(f.status),
+                    &f.code,
+                    "",
+                    attempts,
+                    delay,
+                ),
+                LastFailure::Transport(d) => botfleet_telemetry::metrics::connector_retry(
+                    operation,
+                    &bot.app_id,
+                    None,
+                    "",
+                    d,
+                    attempts,
+                    delay,
+                ),
             }
             tokio::time::sleep(delay).await;
         }

@@ -160,6 +160,7 @@ impl Handler<Deliver> for ConversationActor {
             botfleet.outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
+        let started = std::time::Instant::now();
         // The registry's current version of the bot: a handler changed through
         // the admin API applies from this activity on, in arrival order.
         self.bot = bot;
@@ -169,6 +170,13 @@ impl Handler<Deliver> for ConversationActor {
                 log_duplicate(&self.bot.id, key, &turn, "conversation actor");
                 span.record("botfleet.outcome", "duplicate");
                 self.counters.duplicate();
+                botfleet_telemetry::metrics::turn_finished(
+                    &self.bot.id,
+                    turn.tenant_id.as_deref(),
+                    self.bot.handler.kind(),
+                    botfleet_telemetry::metrics::TurnOutcome::Duplicate,
+                    started.elapsed().as_secs_f64(),
+                );
                 let _ = done.send(Ok(TurnOutcome::Duplicate));
                 return;
             }
@@ -294,6 +302,21 @@ impl Handler<Deliver> for ConversationActor {
                     act.forget(key.as_u128());
                 }
             }
+            {
+                use botfleet_telemetry::metrics::TurnOutcome as Label;
+                let label = match &result {
+                    Ok(TurnOutcome::Handled(_)) => Label::Handled,
+                    Ok(TurnOutcome::Duplicate) => Label::Duplicate,
+                    Err(_) => Label::Failed,
+                };
+                botfleet_telemetry::metrics::turn_finished(
+                    &act.bot.id,
+                    Some(tenant.as_str()),
+                    act.bot.handler.kind(),
+                    label,
+                    started.elapsed().as_secs_f64(),
+                );
+            }
             match &result {
                 Ok(TurnOutcome::Handled(HandlerOutcome::Invoke(_) | HandlerOutcome::Done)) => {
                     act.counters.handled()
@@ -301,7 +324,9 @@ impl Handler<Deliver> for ConversationActor {
                 Ok(TurnOutcome::Duplicate) => act.counters.duplicate(),
                 Err(e) => {
                     act.counters.failed();
-                    match e {
+                    // Inside the turn's span: the line carries its trace and
+                    // span ids and is an event of the trace.
+                    span.in_scope(|| match e {
                         // The Replier logged it with its outcome already.
                         TurnError::Handler(HandlerFailure {
                             kind: FailureKind::ReplyNotDelivered,
@@ -309,6 +334,18 @@ impl Handler<Deliver> for ConversationActor {
                         }) => {
                             tracing::debug!(bot = %act.bot.id, %tenant, error = %e, "activity taken in, reply not delivered")
                         }
+                        // A bug in bot logic, and the activity is lost:
+                        // ERROR (docs/observability.md, "Logs").
+                        TurnError::HandlerPanicked => tracing::error!(
+                            bot = %act.bot.id,
+                            %tenant,
+                            resend_helps = e.resend_helps(),
+                            error = %e,
+                            "activity not handled: the handler panicked"
+                        ),
+                        // Teams resends what was answered with an error, and a
+                        // failing store logs its own ERROR at the Redis choke
+                        // point: WARN here.
                         _ => tracing::warn!(
                             bot = %act.bot.id,
                             %tenant,
@@ -316,7 +353,7 @@ impl Handler<Deliver> for ConversationActor {
                             error = %e,
                             "activity not handled"
                         ),
-                    }
+                    });
                 }
             }
             span.record("botfleet.outcome", outcome_label(&result));

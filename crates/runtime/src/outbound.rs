@@ -74,14 +74,32 @@ impl Replier {
         match result {
             Ok(delivered) => Ok(delivered.value),
             Err(error) => {
-                tracing::warn!(
-                    bot = %self.bot_id,
-                    tenant = turn.tenant_id.as_deref().unwrap_or(""),
-                    outcome = outcome.label(),
-                    status = error.status(),
-                    error = %error,
-                    "reply not delivered; Teams was answered 2xx, a resend would not help"
-                );
+                let tenant = turn.tenant_id.as_deref().unwrap_or("");
+                let status = error.status();
+                // ERROR when botfleet could not send at all (no token, Bot
+                // Connector unreachable: the reply is lost and the cause is
+                // on the operator's side); WARN when Teams refused it or the
+                // conversation is gone (decided for this one conversation)
+                // or its fate is unknown (docs/observability.md, "Logs").
+                if outcome == SendOutcome::NotSent {
+                    tracing::error!(
+                        bot = %self.bot_id,
+                        tenant,
+                        outcome = outcome.label(),
+                        status,
+                        error = %error,
+                        "reply not delivered; Teams was answered 2xx, a resend would not help"
+                    );
+                } else {
+                    tracing::warn!(
+                        bot = %self.bot_id,
+                        tenant,
+                        outcome = outcome.label(),
+                        status,
+                        error = %error,
+                        "reply not delivered; Teams was answered 2xx, a resend would not help"
+                    );
+                }
                 Err(ReplyError { outcome, error })
             }
         }

@@ -140,6 +140,7 @@ impl TenantActor {
             let keep = now.duration_since(entry.last_activity) < idle;
             if !keep {
                 entry.addr.do_send(Passivate);
+                botfleet_telemetry::metrics::actor_passivated("conversation");
             }
             keep
         });
@@ -149,6 +150,7 @@ impl TenantActor {
             // Leave the directory first so new activities start a fresh actor;
             // one that raced in is answered by the retry in `Runtime::process`.
             self.directory.remove_if_same(&self.key, &ctx.address());
+            botfleet_telemetry::metrics::actor_passivated("tenant");
             ctx.stop();
         }
     }

@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use botfleet_auth::inbound::{
-    BotResolver, InboundError, KeyStoreStatus, TokenClaimsForLog, TokenRoute,
-};
+use botfleet_auth::inbound::{BotResolver, InboundError, TokenClaimsForLog, TokenRoute};
 use botfleet_protocol::Activity;
 use botfleet_runtime::{HandlerOutcome, Inbound, IngressError, Processed, TurnError, TurnOutcome};
 use futures::StreamExt;
@@ -75,6 +73,7 @@ pub async fn bot_messages(
 }
 
 async fn method_not_allowed(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    botfleet_telemetry::metrics::activity_received();
     let problem = Problem::new(
         problem::METHOD_NOT_ALLOWED,
         "the messaging endpoint accepts POST only",
@@ -124,7 +123,9 @@ async fn traced(
         .instrument(span.clone())
         .await;
     let status = resp.status().as_u16();
-    span.record("http.response.status_code", status);
+    // As i64: tracing-opentelemetry exports u16/u64 fields as strings, and
+    // the semantic conventions type the status code as an int.
+    span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
         span.record("otel.status_code", "error");
     }
@@ -145,17 +146,25 @@ async fn handle(
     state: web::Data<AppState>,
     route_bot: Option<String>,
 ) -> HttpResponse {
+    let started = Instant::now();
+    botfleet_telemetry::metrics::activity_received();
     let mut seen = Seen::default();
-    match accept(&req, payload, &state, route_bot, &mut seen).await {
+    let resp = match accept(&req, payload, &state, route_bot, &mut seen).await {
         Ok(resp) => resp,
         Err(problem) => refuse(&req, &state, problem, &seen),
-    }
+    };
+    botfleet_telemetry::metrics::ingress_request(
+        started.elapsed().as_secs_f64(),
+        resp.status().as_u16(),
+    );
+    resp
 }
 
-/// Counts, logs (rate-limited) and answers one refusal.
+/// Counts (exactly), logs (rate-limited) and answers one refusal: the one
+/// place both come from.
 fn refuse(req: &HttpRequest, state: &AppState, problem: Problem, seen: &Seen) -> HttpResponse {
     tracing::Span::current().record("botfleet.check", problem.check());
-    state.count_rejection(problem.check());
+    botfleet_telemetry::metrics::activity_rejected(problem.check());
     if let Some(suppressed) = refusal_log().admit(problem.check(), Instant::now()) {
         log_refusal(req, state, &problem, seen, suppressed);
     }
@@ -500,7 +509,12 @@ async fn accept(
         // docs/turns.md: a 5xx only when Teams' resend is the cure and cannot
         // duplicate a reply (runtime::TurnError::resend_helps).
         Processed::Finished(Err(e)) => match e {
-            TurnError::Store(_) => Err(Problem::new(problem::STORE_UNAVAILABLE, e.to_string())),
+            // The store's own error (a Redis address, its wording) stays in
+            // botfleet's log: this answer goes to any caller with a token.
+            TurnError::Store(_) => Err(Problem::new(
+                problem::STORE_UNAVAILABLE,
+                "the conversation store did not answer; botfleet's log has the reason",
+            )),
             TurnError::Busy => Err(Problem::new(problem::BUSY, e.to_string())),
             TurnError::TenantQuota(_) => Err(Problem::new(problem::TENANT_QUOTA, e.to_string())),
             // Bot logic never ran (its claim was given back), or an invoke, whose
@@ -513,42 +527,6 @@ async fn accept(
             // repeat it. The outcome is in the log and on /metrics.
             TurnError::Handler(_) | TurnError::HandlerPanicked => Ok(HttpResponse::Ok().finish()),
         },
-    }
-}
-
-/// Prometheus lines of the signing key stores (one label value per OpenID
-/// metadata URL: a handful at most): keys published without an endorsements
-/// list now, and fetches that contained such keys (each also logged at warn).
-pub(crate) fn write_signing_key_metrics(out: &mut String, stores: &[KeyStoreStatus]) {
-    use std::fmt::Write;
-    let label = |url: &str| {
-        url.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_signing_keys_without_endorsements Signing keys of the current set published without an endorsements list (refused unless auth.accept_keys_without_endorsements names the cloud).\n# TYPE botfleet_signing_keys_without_endorsements gauge"
-    );
-    for s in stores {
-        let _ = writeln!(
-            out,
-            "botfleet_signing_keys_without_endorsements{{metadata_url=\"{}\"}} {}",
-            label(&s.metadata_url),
-            s.keys_without_endorsements
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_signing_key_fetches_with_keys_without_endorsements_total Signing key fetches whose key set contained keys without an endorsements list.\n# TYPE botfleet_signing_key_fetches_with_keys_without_endorsements_total counter"
-    );
-    for s in stores {
-        let _ = writeln!(
-            out,
-            "botfleet_signing_key_fetches_with_keys_without_endorsements_total{{metadata_url=\"{}\"}} {}",
-            label(&s.metadata_url),
-            s.fetches_with_keys_without_endorsements
-        );
     }
 }
 

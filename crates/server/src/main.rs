@@ -109,8 +109,8 @@ fn main() -> ExitCode {
         {
             Ok(c) => {
                 let s = &c.settings;
-                println!(
-                    "configuration is valid: {} bot(s), store {}, listen {}, admin {}",
+                let mut text = format!(
+                    "configuration is valid: {} bot(s), store {}, listen {}, admin {}\n",
                     s.bots.len(),
                     match s.store.backend {
                         botfleet_server::settings::StoreBackend::Memory => "memory",
@@ -120,12 +120,16 @@ fn main() -> ExitCode {
                     s.server.admin_listen
                 );
                 for notice in &c.notices {
-                    println!("note: {notice}");
+                    text.push_str(&format!("note: {notice}\n"));
                 }
-                println!(
-                    "\n# effective configuration (defaults, file and environment merged; secrets redacted)\n{}",
+                text.push_str(&format!(
+                    "\n# effective configuration (defaults, file and environment merged; secrets redacted)\n{}\n",
                     c.effective_toml()
-                );
+                ));
+                // write_all, not println!: a reader that stops early
+                // (`check-config | head -2`) closes the pipe, which println!
+                // turns into a panic. The verdict is the exit code.
+                let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
                 ExitCode::SUCCESS
             }
             Err(e) => {

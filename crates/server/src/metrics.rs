@@ -49,23 +49,30 @@ pub fn metrics_config(settings: &Settings, env: &Environment) -> MetricsConfig {
     MetricsConfig {
         otlp,
         tenant_label_limit: t.tenant_label_limit,
+        service_name: t.service_name.clone(),
     }
 }
 
 /// `http://collector:4318` -> `http://collector:4318/v1/metrics` (the OTLP/HTTP
 /// path of metrics, https://opentelemetry.io/docs/specs/otlp/#otlphttp-request).
 pub fn metrics_url(base: &str) -> String {
-    format!("{}/v1/metrics", base.trim_end_matches('/'))
+    botfleet_telemetry::trace::signal_url(base, "metrics")
 }
 
 /// Builds the registry from the configuration. Call once, before any async
 /// runtime starts (the OTLP exporter's blocking client) and before `serve`.
+/// Returns the OTLP endpoint for the start-up line, its password and query
+/// redacted.
 ///
 /// # Errors
 /// The OTLP exporter refuses the endpoint, or the registry exists already.
 pub fn install(settings: &Settings) -> Result<Option<String>, MetricsError> {
     let config = metrics_config(settings, &Environment::process());
-    let endpoint = config.otlp.as_ref().and_then(|o| o.endpoint.clone());
+    let endpoint = config
+        .otlp
+        .as_ref()
+        .and_then(|o| o.endpoint.as_deref())
+        .map(botfleet_telemetry::trace::redact_url);
     m::install(config)?;
     Ok(endpoint)
 }
@@ -86,6 +93,9 @@ pub(crate) fn register(state: &Arc<AppState>) {
     registry_metrics(&meter, Arc::downgrade(state));
     signing_key_metrics(&meter, Arc::downgrade(state));
     crate::graph::register_metrics(&meter, Arc::downgrade(state));
+    if let Some(auth) = &state.admin.graph_auth {
+        crate::graph_auth::register_metrics(&meter, Arc::downgrade(auth));
+    }
     let _ = meter
         .u64_observable_counter("botfleet_tls_reload_failures")
         .with_description("Changed TLS certificate or key files that could not be used (the previous certificate stays in use).")

@@ -480,6 +480,14 @@ async fn metrics_reach_an_otlp_receiver_and_a_down_collector_is_counted() {
             s.contains("botfleet_activities_rejected") && s.contains("botfleet_activities_received")
         });
         if seen {
+            // The spans' resource: `service.name` is botfleet's default, not
+            // the SDK's `unknown_service` (metrics and traces join).
+            let all = bodies.lock().unwrap().concat();
+            let all = String::from_utf8_lossy(&all);
+            assert!(
+                all.contains("service.name") && !all.contains("unknown_service"),
+                "the metrics resource has no service.name of botfleet"
+            );
             break;
         }
         assert!(

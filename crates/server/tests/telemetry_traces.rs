@@ -33,6 +33,9 @@ struct Span {
     span_id: String,
     parent: String,
     attrs: HashMap<String, String>,
+    /// Keys of the attributes exported as `intValue` (the semantic
+    /// conventions type `http.response.status_code` as an int).
+    ints: Vec<String>,
     service: String,
 }
 
@@ -102,6 +105,19 @@ fn start_receiver(delay: Duration) -> (String, Received) {
                                                 .iter()
                                                 .map(|a| (a.key.clone(), attr_text(&a.value)))
                                                 .collect(),
+                                            ints: s
+                                                .attributes
+                                                .iter()
+                                                .filter(|a| {
+                                                    matches!(
+                                                        a.value
+                                                            .as_ref()
+                                                            .and_then(|v| v.value.as_ref()),
+                                                        Some(AnyValue::IntValue(_))
+                                                    )
+                                                })
+                                                .map(|a| a.key.clone())
+                                                .collect(),
                                             service: service.clone(),
                                         });
                                     }
@@ -148,6 +164,13 @@ fn start_hook() -> (String, Arc<Mutex<Vec<String>>>) {
                                 .unwrap_or("")
                                 .to_owned();
                             s.lock().unwrap().push(tp);
+                            // Recorded only when sent, so an empty one shows
+                            // (W3C: vendors SHOULD avoid sending it empty).
+                            if let Some(ts) = req.headers().get("tracestate") {
+                                s.lock()
+                                    .unwrap()
+                                    .push(format!("tracestate:{}", ts.to_str().unwrap_or("?")));
+                            }
                             HttpResponse::Ok().json(json!({
                                 "replies": [{"type": "message", "text": "webhook reply"}]
                             }))
@@ -336,6 +359,18 @@ async fn one_trace_per_turn_across_the_actor_hops_to_the_connector_and_the_webho
     let connector = child_of(&spans, handler, "Bot Connector Send");
     assert_eq!(connector.attrs["http.response.status_code"], "201");
     assert_eq!(connector.attrs["botfleet.retry_count"], "0");
+    for key in ["http.response.status_code", "botfleet.retry_count"] {
+        assert!(
+            connector.ints.contains(&key.to_owned()),
+            "{key} not an int: {connector:?}"
+        );
+    }
+    assert!(
+        http_span
+            .ints
+            .contains(&"http.response.status_code".to_owned()),
+        "{http_span:?}"
+    );
     assert_eq!(connector.attrs["botfleet.outcome"], "delivered");
     let token_span = child_of(&spans, connector, "token");
     assert!(
@@ -350,6 +385,12 @@ async fn one_trace_per_turn_across_the_actor_hops_to_the_connector_and_the_webho
         .expect("a webhook span");
     assert_ne!(webhook.trace_id, UPSTREAM_TRACE);
     assert_eq!(webhook.attrs["http.response.status_code"], "200");
+    assert!(
+        webhook
+            .ints
+            .contains(&"http.response.status_code".to_owned()),
+        "{webhook:?}"
+    );
     let hook_http = one(&spans, &webhook.trace_id, "POST /api/messages");
     assert_eq!(hook_http.parent, "", "a new trace starts at the HTTP span");
     let hook_handler = spans
@@ -362,7 +403,7 @@ async fn one_trace_per_turn_across_the_actor_hops_to_the_connector_and_the_webho
     assert_eq!(
         given,
         vec![format!("00-{}-{}-01", webhook.trace_id, webhook.span_id)],
-        "the webhook got the traceparent of its call"
+        "the webhook got the traceparent of its call, and no empty tracestate"
     );
     // The webhook's reply went out in the same trace.
     child_of(&spans, hook_handler, "Bot Connector Send");
@@ -426,10 +467,11 @@ async fn a_collector_that_is_down_costs_no_turn_and_is_counted() {
         .port();
     let (hook, _) = start_hook();
     let sim = start_sim();
+    // With a password and a key in the URL: neither may reach the log.
     let bf = start_botfleet(&config(
         &sim.url,
         &hook,
-        &format!("otlp_endpoint = \"http://127.0.0.1:{port}\""),
+        &format!("otlp_endpoint = \"http://user:PASSW0RD@127.0.0.1:{port}/?api_key=QUERYKEY\""),
     ));
     let t = token(&sim.url, APP_ID).await;
     for i in 0..10 {
@@ -447,6 +489,39 @@ async fn a_collector_that_is_down_costs_no_turn_and_is_counted() {
     // Still serving.
     let a = activity(&sim.url, APP_ID, "a:conv-down", "d-last", "hello");
     assert_eq!(post(bf.url(), &t, &a, None).await, 200);
+    // The lost spans are counted on /metrics, and the failure has its line.
+    let text = http()
+        .get(format!("{}/metrics", bf.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: f64 = text
+        .lines()
+        .find(|l| l.starts_with("botfleet_otlp_dropped_spans_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no botfleet_otlp_dropped_spans_total:\n{text}"));
+    assert!(dropped >= 1.0, "{dropped}");
+    let log = bf.proc.log_text();
+    assert!(
+        log.contains("OTLP span export failed"),
+        "no line for the failed export:\n{log}"
+    );
+    // At INFO and above (the HTTP client's own DEBUG lines name the URL it
+    // connects to; docs/observability.md says so).
+    let shown: String = log
+        .lines()
+        .filter(|l| !l.contains("\"level\":\"DEBUG\"") && !l.contains("\"level\":\"TRACE\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        shown.contains("user:REDACTED@127.0.0.1")
+            && !shown.contains("PASSW0RD")
+            && !shown.contains("QUERYKEY"),
+        "the endpoint's password or key in the log:\n{shown}"
+    );
 }
 
 #[actix_web::test]

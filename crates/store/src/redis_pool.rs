@@ -14,6 +14,15 @@ use thiserror::Error;
 /// that old and new replicas never read each other's data by accident.
 pub const KEY_SCHEMA: &str = "bf1";
 
+/// Longest wait for a pooled connection or for one command's answer. A Redis
+/// that hangs (a stopped process, a network blackhole: the connection stays
+/// open and nothing answers) would otherwise hold every caller forever and
+/// show in no error metric; past this it fails with a timeout, counted in
+/// `botfleet_redis_errors_total` and logged at ERROR. Every command botfleet
+/// sends through the pool answers in milliseconds (blocking stream reads use
+/// their own connection, crates/store/src/jobs/redis_store.rs).
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Error)]
 pub enum RedisPoolError {
     #[error("invalid Redis configuration: {0}")]
@@ -79,17 +88,32 @@ impl RedisPool {
         }
     }
 
-    /// A pooled connection. Checkout failures (Redis down, pool exhausted)
-    /// are counted in `botfleet_redis_errors_total{command="checkout"}`.
+    /// A pooled connection. Checkout failures (Redis down, pool exhausted,
+    /// no connection within [`COMMAND_TIMEOUT`]) are counted in
+    /// `botfleet_redis_errors_total{command="checkout"}`.
     pub async fn get(&self) -> Result<RedisConn, RedisPoolError> {
+        use botfleet_telemetry::metrics::{redis_command, redis_failed, RedisFailure};
         let started = std::time::Instant::now();
-        let got = self.checkout().await;
-        botfleet_telemetry::metrics::redis_command(
-            "checkout",
-            started.elapsed().as_secs_f64(),
-            got.is_err(),
-        );
-        got
+        let got = tokio::time::timeout(COMMAND_TIMEOUT, self.checkout()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match got {
+            Ok(Ok(conn)) => {
+                redis_command("checkout", seconds);
+                Ok(conn)
+            }
+            Ok(Err(e)) => {
+                redis_failed("checkout", seconds, RedisFailure::Error, &e);
+                Err(e)
+            }
+            Err(_) => {
+                let e = RedisPoolError::Pool(format!(
+                    "no Redis connection within {}s (Redis hung or unreachable)",
+                    COMMAND_TIMEOUT.as_secs()
+                ));
+                redis_failed("checkout", seconds, RedisFailure::TimedOut, &e);
+                Err(e)
+            }
+        }
     }
 
     async fn checkout(&self) -> Result<RedisConn, RedisPoolError> {
@@ -154,18 +178,35 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-/// Times `fut` and counts its failure. `NOSCRIPT` is not a failure: the
-/// `redis` crate's `Script` answers it by loading the script (EVALSHA, then
-/// EVAL), as designed.
+/// Times `fut`, bounds it by [`COMMAND_TIMEOUT`] and counts its failure.
+/// `NOSCRIPT` is not a failure: the `redis` crate's `Script` answers it by
+/// loading the script (EVALSHA, then EVAL), as designed.
 async fn observed<T>(
     command: &'static str,
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> redis::RedisResult<T> {
+    use botfleet_telemetry::metrics::{redis_command, redis_failed, RedisFailure};
     let started = std::time::Instant::now();
-    let r = fut.await;
-    let failed = matches!(&r, Err(e) if e.kind() != redis::ErrorKind::NoScriptError);
-    botfleet_telemetry::metrics::redis_command(command, started.elapsed().as_secs_f64(), failed);
-    r
+    let r = tokio::time::timeout(COMMAND_TIMEOUT, fut).await;
+    let seconds = started.elapsed().as_secs_f64();
+    match r {
+        Ok(Err(e)) if e.kind() != redis::ErrorKind::NoScriptError => {
+            redis_failed(command, seconds, RedisFailure::Error, &e);
+            Err(e)
+        }
+        Ok(r) => {
+            redis_command(command, seconds);
+            r
+        }
+        Err(_) => {
+            let e = redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("Redis did not answer within {}s", COMMAND_TIMEOUT.as_secs()),
+            ));
+            redis_failed(command, seconds, RedisFailure::TimedOut, &e);
+            Err(e)
+        }
+    }
 }
 
 /// The command's name as a metric label: one of the commands the stores use,
@@ -296,3 +337,48 @@ for i, id in ipairs(ids) do
 end
 return out
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Redis that accepts connections and never answers (a stopped
+    /// process, a network blackhole) fails the caller within the command
+    /// timeout (checkout and command, at most twice it) and counts as an
+    /// error, instead of holding the caller forever and showing nowhere.
+    #[tokio::test]
+    async fn a_hung_redis_times_out_and_counts_as_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket); // open, silent
+            }
+        });
+        let errors = || {
+            botfleet_telemetry::metrics::encode()
+                .lines()
+                .filter(|l| l.starts_with("botfleet_redis_errors_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let before = errors();
+        let pool = RedisPool::single(&format!("redis://{addr}"), 4).expect("pool");
+        let started = std::time::Instant::now();
+        let r = pool.ping().await;
+        let took = started.elapsed();
+        let e = r.expect_err("a silent Redis cannot answer PING");
+        assert!(
+            took < COMMAND_TIMEOUT * 2 + std::time::Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert!(
+            e.to_string().contains("within"),
+            "the error says it timed out: {e}"
+        );
+        assert!(errors() >= before + 1.0, "the timeout is counted");
+    }
+}

@@ -4,11 +4,13 @@
 //!   the OTLP/HTTP span exporter and W3C trace-context propagation.
 //! - [`metrics`]: the one metrics registry behind `/metrics` (and OTLP), and the
 //!   events that emit a log line and a metric from one place.
+//! - [`throttle`]: rate limits of log lines whose event can repeat fast.
 //!
 //! What each metric and span means: docs/observability.md.
 
 pub mod logs;
 pub mod metrics;
+pub mod throttle;
 pub mod trace;
 
 use tracing_subscriber::layer::SubscriberExt;

@@ -35,6 +35,8 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use parking_lot::RwLock;
 
+use crate::throttle::{self, LogThrottle};
+
 /// For instruments registered outside this module (observable ones reading a
 /// component's counters), without a direct `opentelemetry` dependency.
 pub use opentelemetry::metrics::Meter as MeterHandle;
@@ -64,9 +66,13 @@ pub struct OtlpMetrics {
 pub struct MetricsConfig {
     /// OTLP export beside `/metrics`; `None`: `/metrics` only.
     pub otlp: Option<OtlpMetrics>,
-    /// Distinct tenant label values before the rest are counted as `other`
-    /// (`telemetry.tenant_label_limit`).
+    /// Distinct tenant label values per bot before the bot's other tenants
+    /// are counted as `other` (`telemetry.tenant_label_limit`).
     pub tenant_label_limit: usize,
+    /// `service.name` of the exported metrics, the same resource as the
+    /// spans' ([`crate::trace::TraceConfig::service_name`]): `None` leaves it
+    /// to `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`, then `botfleet`.
+    pub service_name: Option<String>,
 }
 
 impl Default for MetricsConfig {
@@ -74,6 +80,7 @@ impl Default for MetricsConfig {
         Self {
             otlp: None,
             tenant_label_limit: DEFAULT_TENANT_LABEL_LIMIT,
+            service_name: None,
         }
     }
 }
@@ -149,17 +156,18 @@ fn build(config: &MetricsConfig) -> Result<State, MetricsError> {
             .map_err(|e| MetricsError::Otlp(e.to_string()))?;
         // The periodic reader exports on its own thread: a collector that is
         // down or slow delays only that thread, never a turn.
-        let reader = PeriodicReader::builder(CountingExporter(exporter))
-            .with_interval(otlp.interval)
-            .build();
+        let reader = PeriodicReader::builder(CountingExporter(
+            exporter,
+            otlp.endpoint.clone().unwrap_or_default(),
+        ))
+        .with_interval(otlp.interval)
+        .build();
         builder = builder.with_reader(reader);
     }
+    // The spans' resource (service.name, service.version and the OTEL_*
+    // variables), so metrics and traces of one process join in a backend.
     let provider = builder
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-                .build(),
-        )
+        .with_resource(crate::trace::resource(config.service_name.as_deref()))
         .build();
     Ok(State {
         provider,
@@ -223,16 +231,20 @@ pub fn otlp_metric_export_failures() -> u64 {
     OTLP_METRIC_EXPORT_FAILURES.load(Relaxed)
 }
 
-/// The OTLP exporter with its failures counted (the SDK only logs them).
+/// The OTLP exporter with its failures counted (the SDK only logs them), and
+/// its endpoint, to scrub a password or key out of the error lines.
 #[derive(Debug)]
-struct CountingExporter<E>(E);
+struct CountingExporter<E>(E, String);
 
 impl<E: PushMetricExporter> PushMetricExporter for CountingExporter<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let r = self.0.export(metrics).await;
         if let Err(e) = &r {
             OTLP_METRIC_EXPORT_FAILURES.fetch_add(1, Relaxed);
-            tracing::warn!(error = %e, "OTLP metrics export failed; this export is dropped");
+            tracing::warn!(
+                error = %crate::trace::scrub(&e.to_string(), &self.1),
+                "OTLP metrics export failed; this export is dropped"
+            );
         }
         r
     }
@@ -247,12 +259,14 @@ impl<E: PushMetricExporter> PushMetricExporter for CountingExporter<E> {
     }
 }
 
-/// Tenant label values: the first `limit` distinct tenants seen keep their
-/// id, later ones are `other`, so a bot installed in thousands of tenants
-/// cannot make thousands of series.
+/// Tenant label values, per bot: the first `limit` distinct tenants a bot
+/// sees keep their id, its later ones are `other`, so a bot installed in
+/// thousands of tenants cannot make thousands of series, and one busy bot
+/// cannot use up the labels of the others. The set of a process lives as long
+/// as the process (a label never changes meaning between scrapes).
 struct TenantLabels {
     limit: usize,
-    seen: RwLock<HashSet<Arc<str>>>,
+    seen: RwLock<HashMap<Arc<str>, HashSet<Arc<str>>>>,
 }
 
 /// The label value of tenants beyond the limit (and of activities without one).
@@ -262,33 +276,35 @@ impl TenantLabels {
     fn new(limit: usize) -> Self {
         Self {
             limit,
-            seen: RwLock::new(HashSet::new()),
+            seen: RwLock::new(HashMap::new()),
         }
     }
 
-    fn label(&self, tenant: Option<&str>) -> Arc<str> {
+    fn label(&self, bot: &str, tenant: Option<&str>) -> Arc<str> {
         let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
             return Arc::from(OTHER_TENANT);
         };
-        if let Some(t) = self.seen.read().get(tenant) {
+        if let Some(t) = self.seen.read().get(bot).and_then(|s| s.get(tenant)) {
             return t.clone();
         }
         let mut seen = self.seen.write();
-        if let Some(t) = seen.get(tenant) {
+        let of_bot = seen.entry(Arc::from(bot)).or_default();
+        if let Some(t) = of_bot.get(tenant) {
             return t.clone();
         }
-        if seen.len() >= self.limit {
+        if of_bot.len() >= self.limit {
             return Arc::from(OTHER_TENANT);
         }
         let t: Arc<str> = Arc::from(tenant);
-        seen.insert(t.clone());
+        of_bot.insert(t.clone());
         t
     }
 }
 
-/// The tenant label value of `tenant` under `telemetry.tenant_label_limit`.
-pub fn tenant_label(tenant: Option<&str>) -> Arc<str> {
-    state().tenants.label(tenant)
+/// The tenant label value of `tenant` for `bot`'s series under
+/// `telemetry.tenant_label_limit` (a budget per bot).
+pub fn tenant_label(bot: &str, tenant: Option<&str>) -> Arc<str> {
+    state().tenants.label(bot, tenant)
 }
 
 /// Buckets of latencies in seconds: 1 ms to 30 s (a turn's handler deadline
@@ -498,6 +514,11 @@ fn otlp_failures(m: &Meter) {
             o.observe(otlp_metric_export_failures(), &[KeyValue::new("signal", "metrics")]);
         })
         .build();
+    let _ = m
+        .u64_observable_counter("botfleet_otlp_dropped_spans")
+        .with_description("Spans that never reached the collector: the export queue was full (collector slow or down) or their export failed.")
+        .with_callback(|o| o.observe(crate::trace::dropped_spans(), &[]))
+        .build();
 }
 
 /// Status class label of an HTTP status: `2xx` .. `5xx`.
@@ -568,7 +589,7 @@ pub fn turn_finished(
     seconds: f64,
 ) {
     let i = instruments();
-    let tenant = tenant_label(tenant);
+    let tenant = tenant_label(bot, tenant);
     i.turns.add(
         1,
         &[
@@ -633,21 +654,31 @@ pub fn connector_retry(
             KeyValue::new("reason", reason),
         ],
     );
+    // One line per attempt would be a flood in a 429 storm: the counter has
+    // every retry, the log the first and then one per interval.
+    static LINE: LogThrottle = LogThrottle::new(throttle::EVERY);
+    let Some(suppressed) = LINE.allow() else {
+        return;
+    };
     let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
     match status {
         Some(status) => tracing::warn!(
+            target: "botfleet_connector",
             app_id,
             status,
             code,
             attempts,
             retry_in_ms,
+            suppressed_since_last_line = suppressed,
             "Bot Connector call failed transiently; retrying"
         ),
         None => tracing::warn!(
+            target: "botfleet_connector",
             app_id,
             error = detail,
             attempts,
             retry_in_ms,
+            suppressed_since_last_line = suppressed,
             "Bot Connector unreachable; retrying"
         ),
     }
@@ -696,9 +727,15 @@ pub fn token_refreshed(app_id: &str, origin: &'static str) {
     );
 }
 
-/// A token fetch for `app_id` failed; logs the warning line with the metric.
+/// A token fetch for `app_id` failed; logs its line with the metric.
 /// `key` names the cache entry (app id and scope, no secret); `keeps_serving`:
 /// a still-valid token stays in use.
+///
+/// Level (docs/observability.md, "Logs"): WARN while a still-valid token keeps
+/// serving and the error is transient (it recovers by itself); ERROR when no
+/// token serves (the bot's replies fail now) or the error is permanent (a
+/// wrong secret or app id: an operator must act). Rate-limited to one line per
+/// interval per level; the counter has every failure.
 pub fn token_refresh_failed(
     app_id: &str,
     key: &dyn std::fmt::Display,
@@ -713,7 +750,15 @@ pub fn token_refresh_failed(
             KeyValue::new("permanent", permanent),
         ],
     );
-    tracing::warn!(key = %key, error = %error, permanent, keeps_serving, "token refresh failed");
+    static WARN_LINE: LogThrottle = LogThrottle::new(throttle::EVERY);
+    static ERROR_LINE: LogThrottle = LogThrottle::new(throttle::EVERY);
+    if permanent || !keeps_serving {
+        if let Some(suppressed) = ERROR_LINE.allow() {
+            tracing::error!(target: "botfleet_auth", key = %key, error = %error, permanent, keeps_serving, suppressed_since_last_line = suppressed, "token refresh failed; replies of this bot fail until a token is obtained");
+        }
+    } else if let Some(suppressed) = WARN_LINE.allow() {
+        tracing::warn!(target: "botfleet_auth", key = %key, error = %error, permanent, keeps_serving, suppressed_since_last_line = suppressed, "token refresh failed; the current token keeps serving");
+    }
 }
 
 // ---- webhook -------------------------------------------------------------
@@ -735,13 +780,57 @@ pub fn webhook_call(seconds: f64, failure: Option<&'static str>) {
 // ---- redis ---------------------------------------------------------------
 
 /// A Redis command (`EVALSHA`, `GET`, `pipeline`, `checkout` for taking a
-/// pooled connection, ...) took `seconds`; `failed` when it returned an error.
-pub fn redis_command(command: &'static str, seconds: f64, failed: bool) {
+/// pooled connection, ...) took `seconds` and succeeded (see [`redis_failed`]).
+pub fn redis_command(command: &'static str, seconds: f64) {
+    instruments()
+        .redis_duration
+        .record(seconds, &[KeyValue::new("command", command)]);
+}
+
+/// Why a Redis command failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// Redis answered an error, or the connection failed.
+    Error,
+    /// No answer within the command timeout (a hung or unreachable Redis:
+    /// a stopped process, a network blackhole).
+    TimedOut,
+}
+
+/// A Redis command (or connection checkout) failed after `seconds`: counted
+/// in `botfleet_redis_errors_total{command}` and logged at ERROR (turns and
+/// notifications that need Redis fail until it answers: an operator must
+/// act), one line per interval with the count left out. `error` must not
+/// carry a URL (it may hold the password); the pool's errors do not.
+pub fn redis_failed(
+    command: &'static str,
+    seconds: f64,
+    failure: RedisFailure,
+    error: &dyn std::fmt::Display,
+) {
     let i = instruments();
     let attrs = [KeyValue::new("command", command)];
     i.redis_duration.record(seconds, &attrs);
-    if failed {
-        i.redis_errors.add(1, &attrs);
+    i.redis_errors.add(1, &attrs);
+    static LINE: LogThrottle = LogThrottle::new(throttle::EVERY);
+    if let Some(suppressed) = LINE.allow() {
+        let after_ms = (seconds * 1000.0) as u64;
+        match failure {
+            RedisFailure::TimedOut => tracing::error!(
+                target: "botfleet_store",
+                command,
+                after_ms,
+                suppressed_since_last_line = suppressed,
+                "Redis did not answer in time (hung, overloaded or unreachable); the operation failed"
+            ),
+            RedisFailure::Error => tracing::error!(
+                target: "botfleet_store",
+                command,
+                error = %error,
+                suppressed_since_last_line = suppressed,
+                "Redis command failed"
+            ),
+        }
     }
 }
 
@@ -752,12 +841,16 @@ mod tests {
     #[test]
     fn tenants_beyond_the_limit_are_other() {
         let t = TenantLabels::new(2);
-        assert_eq!(&*t.label(Some("a")), "a");
-        assert_eq!(&*t.label(Some("b")), "b");
-        assert_eq!(&*t.label(Some("c")), OTHER_TENANT);
-        assert_eq!(&*t.label(Some("a")), "a");
-        assert_eq!(&*t.label(None), OTHER_TENANT);
-        assert_eq!(&*t.label(Some("")), OTHER_TENANT);
+        assert_eq!(&*t.label("echo", Some("a")), "a");
+        assert_eq!(&*t.label("echo", Some("b")), "b");
+        assert_eq!(&*t.label("echo", Some("c")), OTHER_TENANT);
+        assert_eq!(&*t.label("echo", Some("a")), "a");
+        assert_eq!(&*t.label("echo", None), OTHER_TENANT);
+        assert_eq!(&*t.label("echo", Some("")), OTHER_TENANT);
+        // The budget is per bot: a second bot still labels its own tenants.
+        assert_eq!(&*t.label("hook", Some("c")), "c");
+        assert_eq!(&*t.label("hook", Some("d")), "d");
+        assert_eq!(&*t.label("hook", Some("e")), OTHER_TENANT);
     }
 
     #[test]

@@ -31,6 +31,8 @@ use opentelemetry_sdk::Resource;
 use thiserror::Error;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::throttle::LogThrottle;
+
 /// Spans waiting for export at most; more are dropped (and counted) rather
 /// than held in memory while a collector is down.
 pub const QUEUE_SIZE: usize = 2048;
@@ -86,7 +88,53 @@ impl TraceConfig {
 /// `http://collector:4318` -> `http://collector:4318/v1/traces` (the OTLP/HTTP
 /// path of traces, https://opentelemetry.io/docs/specs/otlp/#otlphttp-request).
 pub fn traces_url(base: &str) -> String {
-    format!("{}/v1/traces", base.trim_end_matches('/'))
+    signal_url(base, "traces")
+}
+
+/// `base` with `/v1/{signal}` appended to its path, before any query string
+/// (`http://c:4318/?k=1` -> `http://c:4318/v1/traces?k=1`). A `base` that is
+/// not a URL is joined as text (the endpoint check refuses it anyway).
+pub fn signal_url(base: &str, signal: &str) -> String {
+    match url::Url::parse(base) {
+        Ok(mut url) if !url.cannot_be_a_base() => {
+            let path = format!("{}/v1/{signal}", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+            url.to_string()
+        }
+        _ => format!("{}/v1/{signal}", base.trim_end_matches('/')),
+    }
+}
+
+/// `endpoint` fit for a log line or `check-config`: a password in the URL and
+/// the query string (hosted collectors may take a key there) are replaced by
+/// `REDACTED`; the user name stays. Text that is not a URL is shown as
+/// `<not a URL>` (it may be anything).
+pub fn redact_url(endpoint: &str) -> String {
+    let Ok(mut url) = url::Url::parse(endpoint) else {
+        return "<not a URL>".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("REDACTED"));
+    }
+    if url.query().is_some() {
+        url.set_query(Some("REDACTED"));
+    }
+    url.to_string()
+}
+
+/// `text` (an exporter's error, which may quote the URL it called) with the
+/// password and query of `endpoint` replaced by `REDACTED`.
+pub fn scrub(text: &str, endpoint: &str) -> String {
+    let Ok(url) = url::Url::parse(endpoint) else {
+        return text.to_owned();
+    };
+    let mut out = text.to_owned();
+    for secret in [url.password(), url.query()].into_iter().flatten() {
+        if !secret.is_empty() {
+            out = out.replace(secret, "REDACTED");
+        }
+    }
+    out
 }
 
 /// Why spans cannot be exported as configured (start-up error).
@@ -117,12 +165,15 @@ pub fn exported_spans() -> u64 {
 
 struct Stats {
     dropped: AtomicU64,
+    /// The part of `dropped` refused by a full queue.
+    queue_full: AtomicU64,
     failures: AtomicU64,
     exported: AtomicU64,
 }
 
 static STATS: Stats = Stats {
     dropped: AtomicU64::new(0),
+    queue_full: AtomicU64::new(0),
     failures: AtomicU64::new(0),
     exported: AtomicU64::new(0),
 };
@@ -154,6 +205,7 @@ impl Tracing {
                 let batch = BatchSpanProcessor::builder(CountingExporter {
                     inner: exporter,
                     pending: pending.clone(),
+                    endpoint: endpoint.clone(),
                 })
                 .with_batch_config(
                     BatchConfigBuilder::default()
@@ -178,11 +230,12 @@ impl Tracing {
         };
         Ok(Self {
             provider: builder.build(),
-            endpoint,
+            endpoint: endpoint.as_deref().map(redact_url),
         })
     }
 
-    /// The URL spans are exported to, if any.
+    /// The URL spans are exported to, if any, with its password and query
+    /// redacted ([`redact_url`]): for log lines.
     pub fn endpoint(&self) -> Option<&str> {
         self.endpoint.as_deref()
     }
@@ -209,7 +262,10 @@ impl Tracing {
     }
 }
 
-fn resource(service_name: Option<&str>) -> Resource {
+/// The resource of spans and metrics: `service.name` (the configured one,
+/// else the `OTEL_*` variables, else [`DEFAULT_SERVICE_NAME`]) and
+/// `service.version`.
+pub(crate) fn resource(service_name: Option<&str>) -> Resource {
     // Resource::builder() reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
     let from_env = Resource::builder().build();
     let named_by_env = std::env::var_os("OTEL_SERVICE_NAME").is_some()
@@ -234,7 +290,8 @@ fn resource(service_name: Option<&str>) -> Resource {
 /// An absolute http(s) URL with a host.
 pub fn check_endpoint(endpoint: &str) -> Result<(), TraceError> {
     let invalid = |reason: &str| TraceError::InvalidEndpoint {
-        endpoint: endpoint.to_owned(),
+        // The error is printed: never with the URL's password or key.
+        endpoint: redact_url(endpoint),
         reason: reason.to_owned(),
     };
     let url = url::Url::parse(endpoint).map_err(|e| invalid(&e.to_string()))?;
@@ -279,6 +336,8 @@ struct CountingExporter {
     inner: opentelemetry_otlp::SpanExporter,
     /// Spans handed to the batch processor and not yet through an export.
     pending: Arc<AtomicUsize>,
+    /// For scrubbing its password and query out of error lines.
+    endpoint: String,
 }
 
 impl SpanExporter for CountingExporter {
@@ -290,11 +349,24 @@ impl SpanExporter for CountingExporter {
             Ok(()) => {
                 STATS.exported.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(_) => {
+            Err(e) => {
                 STATS.failures.fetch_add(1, Ordering::Relaxed);
                 STATS.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                static LINE: LogThrottle = LogThrottle::new(crate::throttle::EVERY);
+                if let Some(suppressed) = LINE.allow() {
+                    tracing::warn!(
+                        error = %scrub(&e.to_string(), &self.endpoint),
+                        spans = n,
+                        suppressed_since_last_line = suppressed,
+                        "OTLP span export failed; these spans are dropped"
+                    );
+                }
             }
         }
+        // Spans the queue refused since the last line (the processor counts
+        // them on the hot path and cannot log there: it runs as spans close).
+        // This runs on the exporter's thread, outside any span.
+        report_queue_drops();
         result
     }
 
@@ -329,6 +401,7 @@ impl SpanProcessor for BoundedProcessor {
         if self.pending.fetch_add(1, Ordering::Relaxed) >= QUEUE_SIZE {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             STATS.dropped.fetch_add(1, Ordering::Relaxed);
+            STATS.queue_full.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.inner.on_end(span);
@@ -344,6 +417,23 @@ impl SpanProcessor for BoundedProcessor {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// Spans refused by a full queue that a log line already reported.
+static REPORTED_QUEUE_DROPS: AtomicU64 = AtomicU64::new(0);
+
+fn report_queue_drops() {
+    static LINE: LogThrottle = LogThrottle::new(crate::throttle::EVERY);
+    let now = STATS.queue_full.load(Ordering::Relaxed);
+    let before = REPORTED_QUEUE_DROPS.load(Ordering::Relaxed);
+    if now > before && LINE.allow().is_some() {
+        REPORTED_QUEUE_DROPS.store(now, Ordering::Relaxed);
+        tracing::warn!(
+            dropped = now - before,
+            queue_size = QUEUE_SIZE,
+            "spans dropped: the export queue is full (the collector is slower than the span rate); see botfleet_otlp_dropped_spans_total"
+        );
     }
 }
 
@@ -390,6 +480,9 @@ impl Injector for Headers {
     fn set(&mut self, key: &str, value: String) {
         let key = match key {
             "traceparent" => "traceparent",
+            // An empty tracestate is not sent (W3C trace-context: vendors
+            // SHOULD avoid sending it empty).
+            "tracestate" if value.is_empty() => return,
             "tracestate" => "tracestate",
             _ => return,
         };
@@ -436,6 +529,43 @@ mod tests {
             traces_url("http://c:4318/"),
             "http://c:4318/v1/traces".to_owned()
         );
+        assert_eq!(
+            signal_url("http://c:4318/otlp/?api_key=k", "metrics"),
+            "http://c:4318/otlp/v1/metrics?api_key=k".to_owned()
+        );
+    }
+
+    #[test]
+    fn urls_for_logs_hide_passwords_and_queries() {
+        let url = "http://user:PASSW0RD@c:4318/v1/traces?api_key=QUERYKEY";
+        let shown = redact_url(url);
+        assert_eq!(shown, "http://user:REDACTED@c:4318/v1/traces?REDACTED");
+        assert_eq!(
+            scrub(&format!("error sending request for url ({url})"), url),
+            "error sending request for url (http://user:REDACTED@c:4318/v1/traces?REDACTED)"
+        );
+        assert_eq!(redact_url("http://c:4318"), "http://c:4318/");
+        assert_eq!(redact_url("garbage PASSW0RD"), "<not a URL>");
+    }
+
+    #[test]
+    fn no_empty_tracestate_goes_out() {
+        let tracing = Tracing::new(&TraceConfig::default()).expect("no exporter");
+        let subscriber = tracing_subscriber::registry().with(tracing.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request");
+            set_remote_parent(
+                &span,
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                None,
+            );
+            let headers = context_headers(&span);
+            assert!(headers.iter().any(|(k, _)| *k == "traceparent"));
+            assert!(
+                !headers.iter().any(|(k, _)| *k == "tracestate"),
+                "{headers:?}"
+            );
+        });
     }
 
     #[test]

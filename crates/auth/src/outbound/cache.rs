@@ -235,6 +235,8 @@ impl TokenCache {
     /// and forgets a remembered refusal, but keeps a still-valid token.
     pub fn register(&self, provider: Arc<dyn TokenProvider>) -> TokenHandle {
         let key = provider.key().clone();
+        // Its failure series exist (at 0) from now on, for alert rules.
+        botfleet_telemetry::metrics::bot_known(&key.app_id);
         let mut entries = self.inner.entries.write();
         let entry = match entries.get(&key) {
             Some(entry) => {
@@ -422,6 +424,9 @@ async fn get(
             }
             if let Some(cur) = st.current.as_ref().filter(|c| c.usable(now)) {
                 let token = cur.token.clone();
+                if first_round {
+                    botfleet_telemetry::metrics::token_lookup(&entry.key.app_id, true);
+                }
                 if now >= cur.refresh_at && background_allowed(&st) {
                     // Refresh ahead: nobody waits for this flight.
                     let _background = start_flight(inner, entry, &mut st, None);
@@ -433,6 +438,9 @@ async fn get(
                 if Instant::now() < *until {
                     return Err(err.clone());
                 }
+            }
+            if first_round {
+                botfleet_telemetry::metrics::token_lookup(&entry.key.app_id, false);
             }
             match &st.flight {
                 Some((_, f)) => f.clone(),
@@ -478,13 +486,19 @@ fn start_flight(
 ) -> Flight {
     let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
     let (task_inner, task_entry) = (inner.clone(), entry.clone());
-    let task = tokio::spawn(async move {
-        let _guard = FlightGuard {
-            entry: task_entry.clone(),
-            generation,
-        };
-        fetch_and_store(&task_inner, &task_entry, rejected).await
-    });
+    // Inside the span of the lookup that started it (the first waiter's token
+    // span), so the fetch's lines (`token refresh failed`, retries) carry that
+    // turn's trace and span ids and are events of its trace.
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let _guard = FlightGuard {
+                entry: task_entry.clone(),
+                generation,
+            };
+            fetch_and_store(&task_inner, &task_entry, rejected).await
+        },
+        tracing::Span::current(),
+    ));
     let flight: Flight = async move {
         task.await
             .unwrap_or_else(|e| Err(TokenError::Internal(e.to_string())))
@@ -511,6 +525,13 @@ async fn fetch_and_store(
     let now = SystemTime::now();
     match &outcome {
         Ok((cached, stale)) => {
+            botfleet_telemetry::metrics::token_refreshed(
+                &entry.key.app_id,
+                match cached.origin {
+                    TokenOrigin::Endpoint => "endpoint",
+                    TokenOrigin::SharedTier => "shared_tier",
+                },
+            );
             st.current = Some(cached.clone());
             st.last_refresh = Some(now);
             st.refused = None;
@@ -520,7 +541,13 @@ async fn fetch_and_store(
         }
         Err(e) => {
             let keeps_serving = st.current.as_ref().is_some_and(|c| c.usable(now));
-            tracing::warn!(key = %entry.key, error = %e, keeps_serving, "token refresh failed");
+            botfleet_telemetry::metrics::token_refresh_failed(
+                &entry.key.app_id,
+                &entry.key,
+                e,
+                e.is_permanent(),
+                keeps_serving,
+            );
             st.last_error = Some((now, e.clone()));
             st.next_background = Some(Instant::now() + inner.config.refresh_retry_interval);
             if e.is_permanent() {

@@ -138,6 +138,20 @@ impl WebhookHandler {
         error
     }
 
+    /// [`Self::call`], timed and counted (`botfleet_webhook_duration_seconds`,
+    /// `botfleet_webhook_failures_total{reason}`: `retryable` when the
+    /// webhook was not reached or asked to be called again, else `failed`).
+    async fn timed_call(&self, activity: &Activity) -> Result<Answer, HandlerError> {
+        let started = std::time::Instant::now();
+        let r = self.call(activity).await;
+        let failure = r.as_ref().err().map(|e| match e {
+            HandlerError::Retry(_) => "retryable",
+            _ => "failed",
+        });
+        botfleet_telemetry::metrics::webhook_call(started.elapsed().as_secs_f64(), failure);
+        r
+    }
+
     /// Calls the webhook. What a failure means for Teams (`docs/turns.md`):
     /// - not connected (refused, DNS, TLS): the bot logic never ran -> `Retry`;
     /// - answered 408, 429 or 5xx: the webhook asks to be called again, and
@@ -214,7 +228,10 @@ impl WebhookHandler {
                 })
             })?;
         let status = resp.status();
-        tracing::Span::current().record("http.response.status_code", status.as_u16());
+        tracing::Span::current().record(
+            "http.response.status_code",
+            i64::from(status.as_u16()), // an int attribute (u16 would export as a string)
+        );
         let bytes = read_limited(resp).await.map_err(|e| {
             self.fail(HandlerError::Failed(format!(
                 "webhook {url} answer not read: {e}"
@@ -277,8 +294,12 @@ fn addressed(inbound: &Activity, mut reply: Activity) -> Activity {
 
 #[async_trait]
 impl BotHandler for WebhookHandler {
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
     async fn on_turn(&self, turn: &Turn) -> Result<HandlerOutcome, HandlerError> {
-        let answer = self.call(&turn.activity).await?;
+        let answer = self.timed_call(&turn.activity).await?;
         let mut undelivered = None;
         if !answer.replies.is_empty() {
             let replier = self.replier.as_ref().ok_or_else(|| {

@@ -23,7 +23,11 @@ pub struct TelemetrySettings {
     /// spans go to `{otlp_endpoint}/v1/traces`, metrics to `/v1/metrics`.
     /// Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (as given) or
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`; none of them: nothing is exported.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Shown (`check-config`) with a password and a query string redacted.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted_endpoint"
+    )]
     pub otlp_endpoint: Option<String>,
     /// Headers sent with every OTLP request (a hosted collector's key), as
     /// `name=value` pairs separated by commas, the format of
@@ -65,6 +69,16 @@ impl Default for TelemetrySettings {
     }
 }
 
+fn redacted_endpoint<S: serde::Serializer>(
+    endpoint: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match endpoint {
+        Some(e) => s.serialize_some(&botfleet_telemetry::trace::redact_url(e)),
+        None => s.serialize_none(),
+    }
+}
+
 /// A number, or a number as text (`BOTFLEET__TELEMETRY__SAMPLING_RATIO=0.1`:
 /// a variable for a key without a default arrives as text).
 fn lenient_ratio<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -89,13 +103,30 @@ impl TelemetrySettings {
     /// pushes one error per problem.
     pub fn check(&self, env: &Environment, errors: &mut Vec<ConfigError>) {
         let mut fail = |key: &str, problem: String| errors.push(ConfigError::new(key, problem));
+        // Errors name the endpoint redacted: it may carry a password or key.
+        let check = |endpoint: &str| {
+            botfleet_telemetry::trace::check_endpoint(endpoint).map_err(|e| match e {
+                botfleet_telemetry::TraceError::InvalidEndpoint { reason, .. } => format!(
+                    "`{}` is not a usable http(s) URL: {reason}",
+                    botfleet_telemetry::trace::redact_url(endpoint)
+                ),
+                other => other.to_string(),
+            })
+        };
         if let Some(endpoint) = &self.otlp_endpoint {
-            if let Err(e) = botfleet_telemetry::trace::check_endpoint(endpoint) {
+            if let Err(e) = check(endpoint) {
                 fail(
                     "telemetry.otlp_endpoint",
                     format!(
                         "{e}; give the collector's base URL, e.g. \"http://otel-collector:4318\""
                     ),
+                );
+            } else if let Some(signal) = ["/v1/traces", "/v1/metrics"].into_iter().find(|p| {
+                url::Url::parse(endpoint).is_ok_and(|u| u.path().trim_end_matches('/').ends_with(p))
+            }) {
+                fail(
+                    "telemetry.otlp_endpoint",
+                    format!("is the collector's base URL: botfleet appends /v1/traces and /v1/metrics itself; drop the trailing {signal}"),
                 );
             }
         } else {
@@ -104,13 +135,33 @@ impl TelemetrySettings {
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
             ] {
                 if let Some(v) = env.get(var).filter(|v| !v.trim().is_empty()) {
-                    if let Err(e) = botfleet_telemetry::trace::check_endpoint(v) {
+                    if let Err(e) = check(v) {
                         fail(
                             "telemetry.otlp_endpoint",
                             format!("from the environment variable {var}: {e}"),
                         );
                     }
                 }
+            }
+            // Used for metrics only when the file names no endpoint.
+            if let Some(v) = env
+                .get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+                .filter(|v| !v.trim().is_empty())
+            {
+                if let Err(e) = check(v) {
+                    fail(
+                        "telemetry.otlp_endpoint",
+                        format!("from the environment variable OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: {e}"),
+                    );
+                }
+            }
+        }
+        if let Some(v) = env.get("OTEL_EXPORTER_OTLP_HEADERS") {
+            if let Err(problem) = parse_headers(v) {
+                fail(
+                    "telemetry.otlp_headers",
+                    format!("from the environment variable OTEL_EXPORTER_OTLP_HEADERS: {problem}"),
+                );
             }
         }
         if let Some(headers) = &self.otlp_headers {
@@ -320,6 +371,22 @@ mod tests {
         assert_eq!(tc.service_name.as_deref(), Some("bf-eu"));
         let shown = c.effective_toml();
         assert!(!shown.contains("s3cr3t"), "{shown}");
+        // A password or key in the endpoint URL is not shown either.
+        let c = load(
+            "[telemetry]\notlp_endpoint = \"http://u:PASSW0RD@c:4318/?api_key=QUERYKEY\"\n",
+            &[],
+        )
+        .expect("valid");
+        let shown = c.effective_toml();
+        assert!(
+            !shown.contains("PASSW0RD") && !shown.contains("QUERYKEY") && shown.contains("c:4318"),
+            "{shown}"
+        );
+        let tc = c.settings.telemetry.trace_config(&Environment::default());
+        assert_eq!(
+            tc.endpoint.as_deref(),
+            Some("http://u:PASSW0RD@c:4318/v1/traces?api_key=QUERYKEY")
+        );
         // Without the key, the standard variable applies.
         let c = load("", &[("OTEL_TRACES_SAMPLER_ARG", "0.1")]).expect("valid");
         let env = Environment::from_pairs([("OTEL_TRACES_SAMPLER_ARG", "0.1")]);
@@ -343,6 +410,25 @@ mod tests {
         let e = problems(load("", &[("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")]));
         assert!(
             e.contains("telemetry.otlp_endpoint") && e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{e}"
+        );
+        for bad in ["garbage", "ftp://x/v1/metrics"] {
+            let e = problems(load("", &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", bad)]));
+            assert!(e.contains("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"), "{e}");
+        }
+        let e = problems(load("", &[("OTEL_EXPORTER_OTLP_HEADERS", "garbage")]));
+        assert!(e.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e}");
+        let e = problems(load(
+            "[telemetry]\notlp_endpoint = \"http://c:4318/v1/traces\"\n",
+            &[],
+        ));
+        assert!(e.contains("drop the trailing /v1/traces"), "{e}");
+        let e = problems(load(
+            "[telemetry]\notlp_endpoint = \"ftp://u:PASSW0RD@c:4318/\"\n",
+            &[],
+        ));
+        assert!(
+            e.contains("telemetry.otlp_endpoint") && !e.contains("PASSW0RD"),
             "{e}"
         );
         let e = problems(load(
