@@ -406,10 +406,28 @@ pub fn register_metrics(
             "Delegated Graph token refreshes that failed, by reason: alert on any increase.",
         )
         .with_callback(move |o| {
-            if let Some(d) = a.upgrade().and_then(|a| a.delegated.clone()) {
-                for (k, v) in d.counters().refresh_failures() {
-                    o.observe(v, &[Label::new("reason", k)]);
-                }
+            use botfleet_graph::delegated::FailureReason as R;
+            let seen = a
+                .upgrade()
+                .and_then(|a| a.delegated.clone())
+                .map(|d| d.counters().refresh_failures())
+                .unwrap_or_default();
+            // Every reason from zero: `increase()` needs a sample before the
+            // first failure, or the first one never alerts.
+            for r in [
+                R::ConsentRevoked,
+                R::RefreshExpired,
+                R::RefreshInvalid,
+                R::ClientAuth,
+                R::Transient,
+                R::Decrypt,
+                R::Store,
+            ] {
+                let k = r.as_str();
+                o.observe(
+                    seen.get(k).copied().unwrap_or(0),
+                    &[Label::new("reason", k)],
+                );
             }
         })
         .build();
@@ -418,9 +436,8 @@ pub fn register_metrics(
         .u64_observable_counter("botfleet_graph_delegated_refreshes")
         .with_description("Delegated Graph token refreshes made by this replica.")
         .with_callback(move |o| {
-            if let Some(d) = a.upgrade().and_then(|a| a.delegated.clone()) {
-                o.observe(d.counters().refreshes.load(Relaxed), &[]);
-            }
+            let d = a.upgrade().and_then(|a| a.delegated.clone());
+            o.observe(d.map_or(0, |d| d.counters().refreshes.load(Relaxed)), &[]);
         })
         .build();
 }
