@@ -610,3 +610,42 @@ fn credentials_without_a_token_key_are_refused_at_start_naming_the_setting() {
     assert!(text.contains("graph_auth.token_key_file"), "{text}");
     assert!(text.contains("openssl rand -base64 32"), "{text}");
 }
+
+#[test]
+fn a_configured_subscription_naming_an_unknown_or_foreign_credential_is_refused_naming_it() {
+    let key = key_file();
+    let check = |subscriptions: &str| {
+        let cfg = config("http://127.0.0.1:9", "unused", key.path(), "5m")
+            .replace("[graph_auth]", &format!("{subscriptions}\n[graph_auth]"));
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::io::Write::write_all(&mut f, cfg.as_bytes()).unwrap();
+        let out = std::process::Command::new(workspace_bin("botfleet"))
+            .args(["check-config", "--config"])
+            .arg(f.path())
+            .env("H25_BOOT", BOOT)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let sub = |name: &str, tenant: &str| {
+        format!(
+            "[[graph.subscriptions]]\nid = \"s\"\nbot = \"bot\"\ntenant_id = \"{tenant}\"\nresource = \"/chats/19:a@thread.v2/messages\"\naction = {{ kind = \"record\" }}\ncredential = {{ kind = \"delegated\", name = \"{name}\" }}\n"
+        )
+    };
+    let (code, text) = check(&sub("integration", TENANT));
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = check(&sub("nobody", TENANT));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("graph.subscriptions[0].credential.name") && text.contains("`nobody`"),
+        "{text}"
+    );
+    let (code, text) = check(&sub("integration", "another-tenant"));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("acts as bot `bot` in tenant"), "{text}");
+}
