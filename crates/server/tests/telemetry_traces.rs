@@ -595,3 +595,72 @@ fn an_invalid_endpoint_is_a_start_up_error_naming_the_key() {
         );
     }
 }
+
+/// A notification: the job's expansion is a `notification job` span, each
+/// delivery a `notification delivery` span (bot, tenant, job id, outcome,
+/// retry count; the conversation id as an attribute) whose child is the Bot
+/// Connector call.
+#[actix_web::test]
+async fn a_notification_is_a_job_span_and_delivery_spans_over_their_connector_calls() {
+    const BOOT: &str = "telemetry-traces-bootstrap-key-0123456789";
+    let (collector, received) = start_receiver(Duration::ZERO);
+    let (hook, _) = start_hook();
+    let sim = start_sim();
+    let toml = format!(
+        "[admin]\nbootstrap_key_env = \"H27_TRACES_BOOT\"\n{}",
+        config(&sim.url, &hook, &format!("otlp_endpoint = \"{collector}\""))
+    );
+    let bf = start_botfleet_with(&toml, &[("H27_TRACES_BOOT", BOOT)]);
+    let t = token(&sim.url, APP_ID).await;
+    register(&sim.url, &[("a:conv-notify", TENANT)]).await;
+    // A turn stores the conversation's reference.
+    let a = activity(&sim.url, APP_ID, "a:conv-notify", "n1", "hello");
+    assert_eq!(post(bf.url(), &t, &a, None).await, 200);
+    let resp = http()
+        .post(format!("{}/admin/v1/bots/echo/notifications", bf.admin_url()))
+        .bearer_auth(BOOT)
+        .json(&json!({"targets": {"all": true}, "activity": {"type": "message", "text": "SECRET-TEXT-notice"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let job = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let spans = wait_for(&received, "the job and delivery spans", |s| {
+        s.iter().any(|x| x.name == "notification delivery")
+            && s.iter()
+                .any(|x| x.name == "notification job" && x.attrs.contains_key("botfleet.outcome"))
+    })
+    .await;
+    let job_span = spans.iter().find(|s| s.name == "notification job").unwrap();
+    assert_eq!(job_span.attrs["botfleet.job_id"], job);
+    assert_eq!(job_span.attrs["botfleet.bot_id"], "echo");
+    let delivery = spans
+        .iter()
+        .find(|s| s.name == "notification delivery")
+        .unwrap();
+    assert_eq!(delivery.attrs["botfleet.job_id"], job);
+    assert_eq!(delivery.attrs["botfleet.bot_id"], "echo");
+    assert_eq!(delivery.attrs["botfleet.tenant_id"], TENANT);
+    assert_eq!(delivery.attrs["botfleet.target_kind"], "conversation");
+    assert_eq!(delivery.attrs["botfleet.conversation_id"], "a:conv-notify");
+    assert_eq!(delivery.attrs["botfleet.outcome"], "delivered");
+    assert_eq!(delivery.attrs["botfleet.retry_count"], "0");
+    assert!(
+        delivery.ints.contains(&"botfleet.retry_count".to_owned()),
+        "{delivery:?}"
+    );
+    let call = spans
+        .iter()
+        .find(|s| s.parent == delivery.span_id && s.name.starts_with("Bot Connector"))
+        .unwrap_or_else(|| panic!("no connector call under the delivery span: {spans:#?}"));
+    assert_eq!(call.trace_id, delivery.trace_id);
+    assert_eq!(call.attrs["botfleet.outcome"], "delivered");
+    let everything = format!("{spans:?}");
+    for secret in ["SECRET-TEXT", APP_SECRET, BOOT, t.as_str()] {
+        assert!(!everything.contains(secret), "`{secret}` in a span");
+    }
+}

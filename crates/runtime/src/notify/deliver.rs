@@ -184,14 +184,52 @@ fn millis(d: Duration) -> u64 {
 /// Runs one delivery to its end. Store failures leave the item
 /// unacknowledged: it is reclaimed and tried again (its marker stops a
 /// second send while the lease runs).
+///
+/// Each delivery is one span (`notification delivery`, a trace of its own;
+/// docs/observability.md) whose children are the connector calls: bot,
+/// tenant, job id, target kind, retry count, outcome and reason; the
+/// conversation id only for a conversation target (never a user id).
 pub(crate) async fn run(ctx: Arc<Ctx>, r: Resolved) -> Finished {
-    match deliver(&ctx, r).await {
+    let (kind, conversation) = match &r.item.target {
+        Target::Conversation { conversation_id } => ("conversation", conversation_id.as_str()),
+        Target::User(_) => ("user", ""),
+        Target::Channel { .. } => ("channel", ""),
+    };
+    let span = tracing::info_span!(
+        "notification delivery",
+        botfleet.bot_id = %r.job.bot_id,
+        botfleet.tenant_id = %r.tenant,
+        botfleet.job_id = %r.item.job_id,
+        botfleet.target_kind = kind,
+        botfleet.conversation_id = tracing::field::Empty,
+        // i64: tracing-opentelemetry exports unsigned fields as strings.
+        botfleet.retry_count = i64::from(r.item.attempt),
+        botfleet.outcome = tracing::field::Empty,
+        botfleet.reason = tracing::field::Empty,
+    );
+    if !conversation.is_empty() {
+        span.record("botfleet.conversation_id", conversation);
+    }
+    let result = tracing::Instrument::instrument(deliver(&ctx, r), span.clone()).await;
+    let finished = match result {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!(error = %e, "notification delivery: job store failed; the item will be reclaimed and retried");
+            span.in_scope(|| tracing::warn!(error = %e, "notification delivery: job store failed; the item will be reclaimed and retried"));
+            span.record("botfleet.reason", "store_unavailable");
             Finished::Done(Tally::Skipped)
         }
-    }
+    };
+    span.record(
+        "botfleet.outcome",
+        match &finished {
+            Finished::Done(Tally::Delivered) => "delivered",
+            Finished::Done(Tally::Failed) => "failed",
+            Finished::Done(Tally::Retried) => "retried",
+            Finished::Done(Tally::Skipped) => "skipped",
+            Finished::Requeue(..) => "throttled",
+        },
+    );
+    finished
 }
 
 type StoreResult<T> = Result<T, botfleet_store::jobs::JobStoreError>;
@@ -382,6 +420,11 @@ async fn settle(
     done: botfleet_store::jobs::FinishSend,
 ) -> StoreResult<Finished> {
     let jobs = ctx.jobs.as_ref();
+    // The delivery span's `botfleet.reason` (a fixed vocabulary,
+    // docs/notifications.md).
+    if let JobOutcome::Retry { reason, .. } | JobOutcome::Failed { reason, .. } = &outcome {
+        tracing::Span::current().record("botfleet.reason", reason.as_str());
+    }
     let tally = match &outcome {
         JobOutcome::Retry { next_at_ms, reason } => {
             jobs.reschedule(item, *next_at_ms).await?;

@@ -472,10 +472,21 @@ fn spawn_expander(ctx: Arc<Ctx>, job_id: String) {
     if !ctx.expanding.lock().insert(job_id.clone()) {
         return;
     }
-    tokio::spawn(async move {
-        expand(&ctx, &job_id).await;
-        ctx.expanding.lock().remove(&job_id);
-    });
+    // One span per expansion of a job on this replica (docs/observability.md):
+    // its bot and job id; the deliveries it queues have their own spans.
+    let span = tracing::info_span!(
+        "notification job",
+        botfleet.job_id = %job_id,
+        botfleet.bot_id = tracing::field::Empty,
+        botfleet.outcome = tracing::field::Empty,
+    );
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            expand(&ctx, &job_id).await;
+            ctx.expanding.lock().remove(&job_id);
+        },
+        span,
+    ));
 }
 
 /// Expands one job until its selection is complete, the job is final, or
@@ -484,7 +495,12 @@ fn spawn_expander(ctx: Arc<Ctx>, job_id: String) {
 async fn expand(ctx: &Ctx, job_id: &str) {
     let mut failures = 0u32;
     loop {
+        // The job span's `botfleet.outcome`: how this expansion run ended.
+        let ended = |outcome: &'static str| {
+            tracing::Span::current().record("botfleet.outcome", outcome);
+        };
         if *ctx.draining.borrow() {
+            ended("draining");
             return;
         }
         match ctx
@@ -493,7 +509,10 @@ async fn expand(ctx: &Ctx, job_id: &str) {
             .await
         {
             Ok(true) => {}
-            Ok(false) | Err(JobStoreError::NotFound(_)) => return,
+            Ok(false) | Err(JobStoreError::NotFound(_)) => {
+                ended("claimed_elsewhere");
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(job = %job_id, error = %e, "notification job: cannot renew the expansion claim; retrying");
@@ -504,7 +523,10 @@ async fn expand(ctx: &Ctx, job_id: &str) {
         match expand_step(ctx, job_id).await {
             Ok(Step::Again) => failures = 0,
             Ok(Step::Wait) => tokio::time::sleep(Duration::from_millis(200)).await,
-            Ok(Step::Done) => return,
+            Ok(Step::Done) => {
+                ended("expanded");
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(job = %job_id, error = %e, "notification job: expansion step failed; retrying");
@@ -533,6 +555,7 @@ async fn expand_step(ctx: &Ctx, job_id: &str) -> Result<Step, ExpandError> {
     let Some(mut job) = jobs.get_job(job_id).await? else {
         return Ok(Step::Done);
     };
+    tracing::Span::current().record("botfleet.bot_id", job.spec.bot_id.as_str());
     if job.state.is_final() || job.expansion.complete {
         return Ok(Step::Done);
     }
