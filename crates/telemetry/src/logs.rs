@@ -158,17 +158,30 @@ where
         let ids = ids(ctx);
         match self.format {
             LineFormat::Json => {
-                let mut line = Map::new();
-                line.insert("timestamp".into(), Value::String(now_rfc3339()));
-                line.insert("level".into(), Value::String(meta.level().to_string()));
-                line.insert("message".into(), Value::String(fields.message));
-                line.extend(fields.fields);
-                line.insert("target".into(), Value::String(meta.target().to_owned()));
+                // Written key by key, not as a map (serde_json's map sorts
+                // its keys): timestamp, level and message first, as a reader
+                // scans them, then the fields, then target and the ids.
+                let mut pairs: Vec<(String, Value)> = vec![
+                    ("timestamp".into(), Value::String(now_rfc3339())),
+                    ("level".into(), Value::String(meta.level().to_string())),
+                    ("message".into(), Value::String(fields.message)),
+                ];
+                pairs.extend(fields.fields);
+                pairs.push(("target".into(), Value::String(meta.target().to_owned())));
                 if let Some((trace_id, span_id)) = ids {
-                    line.insert("trace_id".into(), Value::String(trace_id));
-                    line.insert("span_id".into(), Value::String(span_id));
+                    pairs.push(("trace_id".into(), Value::String(trace_id)));
+                    pairs.push(("span_id".into(), Value::String(span_id)));
                 }
-                let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
+                let mut text = String::from("{");
+                for (i, (k, v)) in pairs.iter().enumerate() {
+                    if i > 0 {
+                        text.push(',');
+                    }
+                    text.push_str(&serde_json::to_string(k).map_err(|_| fmt::Error)?);
+                    text.push(':');
+                    text.push_str(&serde_json::to_string(v).map_err(|_| fmt::Error)?);
+                }
+                text.push('}');
                 writeln!(writer, "{text}")
             }
             LineFormat::Text { ansi } => {
@@ -261,6 +274,12 @@ mod tests {
         assert_eq!(first["message"], "outside any span");
         assert_eq!(first["bot"], "b");
         assert!(first.get("trace_id").is_none(), "{first}");
+        assert!(
+            got[0].starts_with("{\"timestamp\":")
+                && got[0].contains("\"level\":\"INFO\",\"message\":"),
+            "timestamp, level, message first: {}",
+            got[0]
+        );
         let second: Value = serde_json::from_str(&got[1]).expect("json");
         let (trace_id, span_id) = expected.expect("ids");
         assert_eq!(second["trace_id"], Value::String(trace_id));
