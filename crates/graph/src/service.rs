@@ -923,23 +923,40 @@ impl GraphService {
             return Ok(());
         }
         let subs = self.subs.read().clone();
-        let mut groups: BTreeMap<(String, String), Vec<Arc<Entry>>> = BTreeMap::new();
+        // One listing per identity: a delegated credential lists what its
+        // user's token sees, the app what the app's token sees.
+        type Group = (String, String, Option<String>);
+        let mut groups: BTreeMap<Group, Vec<Arc<Entry>>> = BTreeMap::new();
         for e in subs.values() {
+            let cred = e.spec.credential.delegated().map(str::to_owned);
             groups
-                .entry((e.spec.bot.clone(), e.spec.tenant_id.clone()))
+                .entry((e.spec.bot.clone(), e.spec.tenant_id.clone(), cred))
                 .or_default()
                 .push(e.clone());
         }
         let ours = self.notification_url();
-        for ((bot, tenant), entries) in groups {
+        for ((bot, _, cred), entries) in groups {
             let Some(app) = self.apps.app(&bot) else {
                 continue;
             };
-            let token = self.apps.token(&bot, &tenant).await?;
+            let Some(first) = entries.first() else {
+                continue;
+            };
+            let token = match self.token_of(&first.spec).await {
+                Ok(t) => t,
+                Err(e) if cred.is_some() => {
+                    // The credential's own failure is on its subscriptions'
+                    // state already; the other groups still reconcile.
+                    tracing::warn!(bot = %bot, error = %e, "Graph reconciliation: no delegated token");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let client = GraphClient::new(self.http.clone(), &app.graph_url);
             let listed = match client.list(token.expose()).await {
                 Ok(l) => l.value,
                 Err(e) => {
+                    self.after_graph_error(&first.spec, &token, &e).await;
                     tracing::warn!(bot = %bot, error = %e, "Graph reconciliation: cannot list subscriptions");
                     continue;
                 }

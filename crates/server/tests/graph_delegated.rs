@@ -34,6 +34,8 @@ graph_url = "{sim}/graph/v1.0"
 openid_metadata_url = "{sim}/common/.well-known/openid-configuration"
 # Read subscriptions back every second: a Graph call each round.
 check_interval = "1s"
+# Compare Graph's list with the registry every second (with each identity's token).
+reconcile_interval = "1s"
 
 [graph_auth]
 token_key_file = "{key}"
@@ -272,6 +274,7 @@ async fn sign_in_through_the_printed_url_refreshes_rotate_sealed_and_revocation_
     })
     .await;
     assert!(st["credential_status"].is_null(), "{st}");
+    let graph_id = st["graph_subscription_id"].clone();
     post_message(&sim.url, chat, "first").await;
     let st = sub_state_until(&bf, "watched", "the first notification", |st| {
         st["last_seen_message"].is_string()
@@ -300,10 +303,21 @@ async fn sign_in_through_the_printed_url_refreshes_rotate_sealed_and_revocation_
         .log_text()
         .contains("Graph refused the delegated access token"));
     post_message(&sim.url, chat, "second").await;
-    sub_state_until(&bf, "watched", "the second notification", |st| {
+    let st = sub_state_until(&bf, "watched", "the second notification", |st| {
         st["last_seen_message"].is_string() && st["last_seen_message"] != first_seen
     })
     .await;
+    // Reconciliation (every second, listing with the user's token) never
+    // took it for missing: the same subscription throughout, one at Graph.
+    assert_eq!(st["graph_subscription_id"], graph_id, "{st}");
+    let live = get_json(format!("{}/_sim/graph/subscriptions", sim.url)).await;
+    let ours: Vec<&Value> = live["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["resource"] == format!("/chats/{chat}/messages"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{live}");
     let (_, v) = admin(reqwest::Method::GET, format!("{creds}/integration")).await;
     let v1 = v1.max(v["version"].as_u64().unwrap());
 
