@@ -460,11 +460,48 @@ pub(crate) async fn build(
         owner,
     );
     // The configuration's subscriptions, stored so every replica runs them.
+    // A store that does not answer at start-up must not stop the process (a
+    // restart loop on Kubernetes whenever Redis is late): the configuration is
+    // published by a task that retries with backoff, and the service's own
+    // sync loop starts the actors once the registry answers.
+    if let Err(e) = publish_configured(&store, &service, &g.subscriptions).await {
+        tracing::error!(
+            error = %e,
+            "Graph: the store did not answer at start-up; the configured subscriptions are stored when it does (retried with backoff)"
+        );
+        let (store, service, subs) = (store.clone(), service.clone(), g.subscriptions.clone());
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(wait).await;
+                match publish_configured(&store, &service, &subs).await {
+                    Ok(()) => {
+                        tracing::info!("Graph: the configured subscriptions are stored");
+                        break;
+                    }
+                    Err(e) => {
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                        tracing::warn!(error = %e, retry_in = ?wait, "Graph: the store still does not answer; the configured subscriptions are not stored yet");
+                    }
+                }
+            }
+        });
+    }
+    Ok(service)
+}
+
+/// Writes the configuration's subscriptions to the registry (those removed
+/// from the configuration deleted) and applies the registry.
+async fn publish_configured(
+    store: &Arc<dyn GraphStore>,
+    service: &Arc<GraphService>,
+    subscriptions: &[SubscriptionSpec],
+) -> Result<(), String> {
     let stored = store
         .list_subscriptions()
         .await
         .map_err(|e| e.to_string())?;
-    for s in &g.subscriptions {
+    for s in subscriptions {
         let mut spec = s.clone();
         spec.source = Source::Configuration;
         let json = Secret::revealing(|| serde_json::to_string(&spec)).map_err(|e| e.to_string())?;
@@ -482,13 +519,12 @@ pub(crate) async fn build(
         let from_config = serde_json::from_str::<SubscriptionSpec>(&x.spec_json)
             .map(|s| s.source == Source::Configuration)
             .unwrap_or(false);
-        if from_config && !g.subscriptions.iter().any(|s| s.id == x.id) {
+        if from_config && !subscriptions.iter().any(|s| s.id == x.id) {
             tracing::info!(subscription = %x.id, "Graph: a subscription removed from the configuration is deleted");
             let _ = service.delete(&x.id).await;
         }
     }
-    service.sync().await.map_err(|e| e.to_string())?;
-    Ok(service)
+    service.sync().await.map_err(|e| e.to_string())
 }
 
 // --------------------------------------------------------------- endpoint --

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod graph;
 pub mod graph_auth;
 pub mod ingress_http;
+pub mod metrics;
 pub mod notify;
 pub mod problem;
 pub mod registry;
@@ -26,8 +27,8 @@ pub mod settings;
 pub mod shutdown;
 pub mod tls;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -88,21 +89,12 @@ pub struct AppState {
     /// for their keys (not for clouds only bots from the admin API use, so
     /// one registration cannot take the replica out of rotation).
     config_key_urls: HashSet<String>,
-    rejections: Mutex<BTreeMap<&'static str, u64>>,
     /// Delivers notification jobs (kept so its tasks live as long as the server).
     pub notifier: Arc<botfleet_runtime::notify::Notifier>,
     /// Set on SIGTERM/SIGINT: `/readyz` answers 503 from then on.
     pub draining: Arc<shutdown::Draining>,
     /// Graph change notifications (docs/graph.md).
     pub graph: Option<Arc<botfleet_graph::GraphService>>,
-}
-
-impl AppState {
-    pub(crate) fn count_rejection(&self, check: &'static str) {
-        if let Ok(mut m) = self.rejections.lock() {
-            *m.entry(check).or_default() += 1;
-        }
-    }
 }
 
 /// Sets up log lines and spans ([`botfleet_telemetry::init`]): lines on
@@ -361,6 +353,7 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
     if let Some(d) = &graph_auth.delegated {
         let _ = delegated.set(d.clone());
     }
+    notifier.set_app_installer(graph_auth.clone());
     let admin = admin.with_graph_auth(graph_auth);
     let admin = Arc::new(admin);
     admin.spawn_audit_retention(Duration::from_secs(3600));
@@ -384,7 +377,6 @@ pub async fn build(config: LoadedConfig) -> Result<AppState, StartError> {
         admin: web::Data::from(admin),
         registry: follower,
         config_key_urls,
-        rejections: Mutex::new(BTreeMap::new()),
         notifier,
         draining: Arc::default(),
         graph: Some(graph),
@@ -405,145 +397,6 @@ fn startup_read_timed_out() -> botfleet_store::admin::AdminStoreError {
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
-}
-
-/// Prometheus text exposition of the runtime's counters. Labels stay
-/// low-cardinality: the failed check, never a bot, tenant or conversation.
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = state.runtime.counters();
-    let mut out = String::new();
-    let n = |v: &std::sync::atomic::AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
-    let table: [(&str, &str, &str, i64); 11] = [
-        (
-            "botfleet_activities_handled_total",
-            "counter",
-            "Activities the bot handler completed.",
-            n(&c.activities_handled),
-        ),
-        (
-            "botfleet_activities_failed_total",
-            "counter",
-            "Validated activities whose handling failed (store, handler, overload).",
-            n(&c.activities_failed),
-        ),
-        (
-            "botfleet_activities_duplicate_total",
-            "counter",
-            "Resent activities dropped as duplicates.",
-            n(&c.duplicates_dropped),
-        ),
-        (
-            "botfleet_references_written_total",
-            "counter",
-            "Conversation reference writes.",
-            n(&c.references_written),
-        ),
-        (
-            "botfleet_references_deactivated_total",
-            "counter",
-            "Conversation references marked inactive: uninstall, removal, or a send answered 403/404.",
-            n(&c.references_deactivated),
-        ),
-        (
-            "botfleet_references_moved_total",
-            "counter",
-            "Conversation references moved to another host by a send outcome (GCC).",
-            n(&c.references_moved),
-        ),
-        (
-            "botfleet_reference_outcomes_stale_total",
-            "counter",
-            "Send outcomes not applied: the reference changed since the send read it.",
-            n(&c.reference_outcomes_stale),
-        ),
-        (
-            "botfleet_tenant_quota_refusals_total",
-            "counter",
-            "Activities refused by the per-tenant quota.",
-            n(&c.tenant_quota_refusals),
-        ),
-        (
-            "botfleet_actor_restarts_total",
-            "counter",
-            "Tenant or conversation actors started again after dying.",
-            n(&c.actor_restarts),
-        ),
-        (
-            "botfleet_conversation_actors",
-            "gauge",
-            "Live conversation actors.",
-            c.conversation_actors.load(Relaxed),
-        ),
-        (
-            "botfleet_tenant_actors",
-            "gauge",
-            "Live tenant actors.",
-            c.tenant_actors.load(Relaxed),
-        ),
-    ];
-    for (name, kind, help, value) in table {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_activities_rejected_total Requests refused before reaching an actor, by failed check.\n# TYPE botfleet_activities_rejected_total counter"
-    );
-    if let Ok(rejections) = state.rejections.lock() {
-        for (check, count) in rejections.iter() {
-            let _ = writeln!(
-                out,
-                "botfleet_activities_rejected_total{{check=\"{check}\"}} {count}"
-            );
-        }
-    }
-    ingress_http::write_signing_key_metrics(
-        &mut out,
-        &state.runtime.validator().key_store_status(),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_replies_total Replies sent for bot handlers, by outcome (docs/turns.md).\n# TYPE botfleet_replies_total counter"
-    );
-    for (outcome, count) in c.sends_by_outcome() {
-        let _ = writeln!(
-            out,
-            "botfleet_replies_total{{outcome=\"{outcome}\"}} {count}"
-        );
-    }
-    let registry = state.registry.status();
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_bots Bots served by this replica, by where they are defined.\n# TYPE botfleet_bots gauge\nbotfleet_bots{{source=\"configuration\"}} {}\nbotfleet_bots{{source=\"api\"}} {}",
-        state.settings.bots.len(),
-        registry.served
-    );
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_registry_bots_failed Bots registered through the admin API that this replica cannot build (see /readyz).\n# TYPE botfleet_registry_bots_failed gauge\nbotfleet_registry_bots_failed {}",
-        registry.failed.len()
-    );
-    if let Some(revision) = registry.revision {
-        let _ = writeln!(
-            out,
-            "# HELP botfleet_registry_revision Bot registry revision this replica applied (equal on every replica once converged).\n# TYPE botfleet_registry_revision gauge\nbotfleet_registry_revision {revision}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP botfleet_registry_changes_applied_total Bots from the admin API added, changed or removed on this replica.\n# TYPE botfleet_registry_changes_applied_total counter\nbotfleet_registry_changes_applied_total {}\n# HELP botfleet_registry_read_failures_total Failed reads of the bot registry (admin store unreachable).\n# TYPE botfleet_registry_read_failures_total counter\nbotfleet_registry_read_failures_total {}",
-        registry.applied,
-        registry.store_failures
-    );
-    notify::write_metrics(&mut out, &state.notifier);
-    tls::write_metrics(&mut out);
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(out)
 }
 
 /// Readiness of this replica. `problems` keep it out of rotation (Redis
@@ -661,7 +514,7 @@ fn operations(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
     admin::configure(cfg, state.admin.clone());
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics::handler));
 }
 
 /// HTTP workers of the admin listener: it serves operators, probes and
@@ -679,6 +532,7 @@ const ADMIN_WORKERS: usize = 2;
 pub async fn serve(config: LoadedConfig) -> Result<(), StartError> {
     let server = config.settings.server.clone();
     let state = web::Data::new(build(config).await?);
+    metrics::register(&state.clone().into_inner());
     let timings = shutdown::Timings {
         delay: server.shutdown_delay,
         grace: server.shutdown_grace,
