@@ -304,6 +304,23 @@ impl GraphAuth {
     }
 }
 
+/// `installApp` of proactive `users` targets: the bot's app for one user,
+/// with the bot's Graph app token of the user's tenant (already installed is
+/// fine; throttling waits `Retry-After`).
+#[async_trait::async_trait]
+impl botfleet_runtime::notify::AppInstaller for GraphAuth {
+    async fn install_for_user(&self, bot: &str, tenant: &str, user: &str) -> Result<(), String> {
+        let mut results = self
+            .install_for_users(bot, tenant, None, &[user.to_owned()])
+            .await?;
+        match results.pop() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(format!("Graph installedApps: {e}")),
+            None => Err("Graph installedApps gave no result".into()),
+        }
+    }
+}
+
 /// Builds the delegated credentials (each bot's app registration as the
 /// OAuth client of its tenant) and the installer.
 pub(crate) async fn build(

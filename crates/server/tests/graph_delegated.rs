@@ -663,3 +663,133 @@ fn a_configured_subscription_naming_an_unknown_or_foreign_credential_is_refused_
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("acts as bot `bot` in tenant"), "{text}");
 }
+
+/// Creates a notification job of `bot` to `targets`; waits until it is final.
+async fn notify_and_wait(bf: &Botfleet, targets: Value, text: &str) -> (Value, Vec<Value>) {
+    let (s, v) = admin_post(
+        format!("{}/admin/v1/bots/bot/notifications", bf.admin_url()),
+        json!({"targets": targets, "activity": {"type": "message", "text": text}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let job = v["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let done = loop {
+        let (_, v) = admin(
+            reqwest::Method::GET,
+            format!("{}/admin/v1/notifications/{job}", bf.admin_url()),
+        )
+        .await;
+        if ["completed", "cancelled", "failed"].contains(&v["state"].as_str().unwrap_or("")) {
+            break v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (_, t) = admin(
+        reqwest::Method::GET,
+        format!(
+            "{}/admin/v1/notifications/{job}/targets?state=failed",
+            bf.admin_url()
+        ),
+    )
+    .await;
+    let failed = t["items"].as_array().cloned().unwrap_or_default();
+    (done, failed)
+}
+
+#[actix_web::test]
+async fn a_users_job_with_install_app_installs_it_for_users_without_it_then_delivers() {
+    let sim = start_sim();
+    let prefix = testing::unique_prefix("graph-install-app");
+    let key = key_file();
+    let bf = start(&sim.url, &prefix, key.path(), "5m");
+    register(&sim.url, &[("a:anchor", TENANT)]).await;
+    let token = mint(
+        &sim.url,
+        json!({"appId": APP_ID, "serviceUrl": service_url(&sim.url)}),
+    )
+    .await;
+    let mut anchor = message(&sim.url, "a:anchor", "in-0", "hi");
+    anchor["conversation"]["tenantId"] = json!(TENANT);
+    anchor["channelData"]["tenant"]["id"] = json!(TENANT);
+    let (s, b) = post_activity(&format!("{}/api/messages", bf.url()), Some(&token), &anchor).await;
+    assert!((200..300).contains(&s), "{s} {b}");
+    // The tenant has installations, so Teams refuses a chat with anyone else.
+    post_json(
+        format!("{}/_sim/installations", sim.url),
+        json!({"appId": APP_ID, "tenantId": TENANT, "users": ["7c0a0000-0000-4000-8000-0000000000aa"]}),
+    )
+    .await;
+    let users = [
+        "7c0a0000-0000-4000-8000-000000000011",
+        "7c0a0000-0000-4000-8000-000000000012",
+    ];
+    let list = |ids: &[&str]| -> Vec<Value> {
+        ids.iter()
+            .map(|u| json!({"id": u, "tenant": TENANT}))
+            .collect()
+    };
+
+    // Without the option: refused as not installed.
+    let (done, failed) = notify_and_wait(&bf, json!({"users": list(&users[..1])}), "plain").await;
+    assert_eq!(
+        done["counts"]["failed_by_reason"],
+        json!({"app_not_installed": 1}),
+        "{done}"
+    );
+    assert_eq!(failed.len(), 1, "{failed:?}");
+
+    // With installApp: installed through Graph, the chat created, delivered.
+    let (done, _) = notify_and_wait(
+        &bf,
+        json!({"users": list(&users), "installApp": true}),
+        "installed and welcome",
+    )
+    .await;
+    assert_eq!(done["counts"]["delivered"], 2, "{done}");
+    let sent = get_json(format!("{}/_sim/activities?operation=send", sim.url)).await;
+    let n = sent["activities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["body"]["text"] == "installed and welcome")
+        .count();
+    assert_eq!(n, 2);
+    assert!(bf
+        .proc
+        .log_text()
+        .contains("installed the app for a user through Graph"));
+
+    // A failing install: failed, saying so.
+    post_json(
+        format!("{}/_sim/graph/faults", sim.url),
+        json!({"errorNext": 1, "errorStatus": 500}),
+    )
+    .await;
+    let (done, failed) = notify_and_wait(
+        &bf,
+        json!({"users": list(&["7c0a0000-0000-4000-8000-000000000013"]), "installApp": true}),
+        "never",
+    )
+    .await;
+    assert_eq!(
+        done["counts"]["failed_by_reason"],
+        json!({"app_not_installed": 1}),
+        "{done}"
+    );
+    let message = failed[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("installing it through Graph failed"),
+        "{message}"
+    );
+
+    // installApp on another kind of target: 400 naming it.
+    let (s, v) = admin_post(
+        format!("{}/admin/v1/bots/bot/notifications", bf.admin_url()),
+        json!({"targets": {"all": true, "installApp": true}, "activity": {"type": "message", "text": "x"}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("targets.installApp"), "{v}");
+}

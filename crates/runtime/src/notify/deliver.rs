@@ -359,7 +359,17 @@ async fn deliver(ctx: &Ctx, r: Resolved) -> StoreResult<Finished> {
             send_to_reference(ctx, &bot, &activity, stored, attempt).await
         }
         (Target::User(user), _) => {
-            send_to_user(ctx, &bot, &r.job.bot_id, &activity, user, attempt).await
+            let install_app = r.job.install_app;
+            send_to_user(
+                ctx,
+                &bot,
+                &r.job.bot_id,
+                &activity,
+                user,
+                install_app,
+                attempt,
+            )
+            .await
         }
         (
             Target::Channel {
@@ -622,6 +632,7 @@ async fn send_to_user(
     bot_id: &str,
     activity: &Activity,
     user: &UserTarget,
+    install_app: bool,
     attempt: u32,
 ) -> JobOutcome {
     // Lookups are best effort: on a store error the chat is created again.
@@ -668,10 +679,35 @@ async fn send_to_user(
         channel_data: Some(serde_json::json!({"tenant": {"id": user.tenant_id}})),
         ..ConversationParameters::default()
     };
-    let created = bot
+    let mut created = bot
         .client
         .create_conversation(&anchor.service_url, &params)
         .await;
+    let not_installed = |r: &Result<_, ConnectorError>| matches!(r, Err(ConnectorError::Failed(f)) if f.status == 403 && f.code == "ForbiddenOperationException");
+    // `installApp`: install the app for the user through Graph, then create
+    // the chat again, once (a second 403 fails below as without the option).
+    if install_app && not_installed(&created) {
+        if let Some(installer) = ctx.installer.get() {
+            if let Err(e) = installer
+                .install_for_user(bot_id, &user.tenant_id, &user.aad_object_id)
+                .await
+            {
+                return failed(
+                    reasons::APP_NOT_INSTALLED,
+                    Some(403),
+                    Some(format!(
+                        "Teams refused to create the 1:1 chat (the app is not installed for the user) and installing it through Graph failed: {}",
+                        one_line(&e)
+                    )),
+                );
+            }
+            tracing::info!(bot = %bot_id, "notification delivery: installed the app for a user through Graph; creating the 1:1 chat again");
+            created = bot
+                .client
+                .create_conversation(&anchor.service_url, &params)
+                .await;
+        }
+    }
     let created = match created {
         Ok(c) => c,
         Err(ConnectorError::Failed(f)) if f.status == 403 && f.code == "ForbiddenOperationException" => {

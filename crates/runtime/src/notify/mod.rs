@@ -298,6 +298,8 @@ impl NotifyCounters {
 /// A job as deliveries need it (cached per job).
 pub(crate) struct JobInfo {
     bot_id: String,
+    /// A `users` target with `installApp`.
+    install_app: bool,
     /// `None` when the stored activity does not parse.
     activity: Option<Activity>,
 }
@@ -328,6 +330,18 @@ pub(crate) struct Ctx {
     draining: watch::Sender<bool>,
     /// Set by the dispatcher once draining and nothing is in flight.
     drained: watch::Sender<Option<DrainReport>>,
+    /// Installs the app for users Teams refuses a chat with (set by the server).
+    installer: std::sync::OnceLock<Arc<dyn AppInstaller>>,
+}
+
+/// Installs a bot's Teams app for a user (the server's Graph installedApps,
+/// https://learn.microsoft.com/graph/api/userteamwork-post-installedapps),
+/// for `users` targets with `installApp`.
+#[async_trait::async_trait]
+pub trait AppInstaller: Send + Sync {
+    /// Installs `bot`'s app for `user` (Entra object id) of `tenant`; done
+    /// when already installed. The error says why, for the target's outcome.
+    async fn install_for_user(&self, bot: &str, tenant: &str, user: &str) -> Result<(), String>;
 }
 
 /// What [`Notifier::drain`] did.
@@ -389,6 +403,7 @@ impl Notifier {
             sending: Mutex::new(HashSet::new()),
             draining: watch::Sender::new(false),
             drained: watch::Sender::new(None),
+            installer: std::sync::OnceLock::new(),
         });
         let (items_tx, items_rx) = mpsc::channel::<Vec<Resolved>>(16);
         // The dispatcher and the toucher first: a drain stops the others.
@@ -412,6 +427,13 @@ impl Notifier {
 
     pub fn counters(&self) -> &Arc<NotifyCounters> {
         &self.ctx.counters
+    }
+
+    /// Sets what installs the app for `users` targets with `installApp`
+    /// (once; later calls are ignored). Without it such a target fails as
+    /// `app_not_installed`, as without the option.
+    pub fn set_app_installer(&self, installer: Arc<dyn AppInstaller>) {
+        let _ = self.ctx.installer.set(installer);
     }
 
     /// Hands this replica's work back for a graceful shutdown (SIGTERM):
@@ -623,7 +645,7 @@ async fn next_page(
                 .collect();
             (targets, next)
         }
-        TargetSelection::Users { users } => {
+        TargetSelection::Users { users, .. } => {
             let (range, next) = slice(users.len());
             (
                 users[range].iter().cloned().map(Target::User).collect(),
@@ -746,11 +768,19 @@ async fn resolve(
         if !job_cache.contains_key(&item.job_id) {
             let info = match ctx.jobs.get_job(&item.job_id).await {
                 Ok(Some(job)) => JobInfo {
+                    install_app: matches!(
+                        job.spec.targets,
+                        TargetSelection::Users {
+                            install_app: true,
+                            ..
+                        }
+                    ),
                     activity: serde_json::from_value::<Activity>(job.spec.activity.clone()).ok(),
                     bot_id: job.spec.bot_id,
                 },
                 // A deleted job: its items are dropped by begin_send (Unknown).
                 Ok(None) => JobInfo {
+                    install_app: false,
                     bot_id: String::new(),
                     activity: None,
                 },

@@ -70,6 +70,10 @@ pub struct TargetsBody {
     /// Users by Entra object id (or `29:` id) and tenant: botfleet creates
     /// (or reuses) the 1:1 chat and stores its reference.
     pub users: Option<Vec<UserBody>>,
+    /// With `users`: install the bot's Teams app (Graph installedApps) for a
+    /// user who does not have it, then create the chat again once.
+    #[serde(rename = "installApp")]
+    pub install_app: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -188,7 +192,7 @@ fn selection_json(s: &TargetSelection) -> serde_json::Value {
         TargetSelection::Conversations { ids } => {
             serde_json::json!({"kind": "conversations", "count": ids.len()})
         }
-        TargetSelection::Users { users } => {
+        TargetSelection::Users { users, .. } => {
             serde_json::json!({"kind": "users", "count": users.len()})
         }
         other => serde_json::to_value(other).unwrap_or_default(),
@@ -357,6 +361,12 @@ pub fn selection(t: TargetsBody) -> Result<TargetSelection, AdminError> {
             "give exactly one of `conversations`, `tenant`, `all`, `channel`, `users`",
         ));
     }
+    if t.install_app.is_some() && t.users.is_none() {
+        return Err(AdminError::field(
+            "targets.installApp",
+            "only a `users` target installs the app (for users who do not have it)",
+        ));
+    }
     if let Some(ids) = t.conversations {
         check_list_len("targets.conversations", ids.len())?;
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
@@ -394,6 +404,7 @@ pub fn selection(t: TargetsBody) -> Result<TargetSelection, AdminError> {
             tenant_id: c.tenant,
         });
     }
+    let install_app = t.install_app.unwrap_or(false);
     let users = t.users.unwrap_or_default();
     check_list_len("targets.users", users.len())?;
     let mut out: Vec<UserTarget> = Vec::with_capacity(users.len());
@@ -415,7 +426,10 @@ pub fn selection(t: TargetsBody) -> Result<TargetSelection, AdminError> {
             out.push(user);
         }
     }
-    Ok(TargetSelection::Users { users: out })
+    Ok(TargetSelection::Users {
+        users: out,
+        install_app,
+    })
 }
 
 /// Checks that `activity` is a Bot Framework activity botfleet can send.

@@ -108,7 +108,14 @@ pub enum TargetSelection {
         tenant_id: Option<String>,
     },
     /// 1:1 conversations with these users.
-    Users { users: Vec<UserTarget> },
+    Users {
+        users: Vec<UserTarget>,
+        /// Install the bot's Teams app for a user Teams refuses a 1:1 chat
+        /// with (403: not installed), through Graph, then create it again once
+        /// (docs/notifications.md, docs/graph.md).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        install_app: bool,
+    },
 }
 
 /// One recipient of a job: what one delivery goes to.
