@@ -53,7 +53,12 @@ allowed_tenants = ["{TENANT}"]
 async fn env(name: &str) -> Env {
     let sim = start_sim();
     let prefix = testing::unique_prefix(name);
-    let bf = start_botfleet(&config(&sim.url, &prefix, ""));
+    // These tests read the human log lines (`check=signature`); JSON is the
+    // default when stderr is not a terminal.
+    let bf = start_botfleet_with(
+        &config(&sim.url, &prefix, ""),
+        &[("BOTFLEET__SERVER__LOG_FORMAT", "text")],
+    );
     let store = RedisConversationStore::new(testing::single(), &prefix);
     Env { sim, bf, store }
 }
