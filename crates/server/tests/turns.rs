@@ -61,8 +61,11 @@ async fn env(name: &str, handler: &str) -> Env {
     let sim = start_sim();
     let prefix = testing::unique_prefix(name);
     let toml = config(&sim.url, &prefix, handler);
-    let a = start_botfleet(&toml);
-    let b = start_botfleet(&toml);
+    // These tests read the human log lines (`delivery_key=`, WARN lines); JSON
+    // is the default when stderr is not a terminal.
+    let text = [("BOTFLEET__SERVER__LOG_FORMAT", "text")];
+    let a = start_botfleet_with(&toml, &text);
+    let b = start_botfleet_with(&toml, &text);
     let store = RedisConversationStore::new(testing::single(), &prefix);
     let token = mint(
         &sim.url,
